@@ -1,0 +1,607 @@
+"""The user's pipeline configuration (`data_puller.yaml`) as validated pydantic models.
+
+Why so strict: every name here becomes a partition key, a file path or an SQL identifier, and a typo
+in a YAML key that is silently ignored costs a user a week of wrong data. So unknown keys are errors,
+and every error names the key path, the bad value and what is allowed, before anything runs.
+
+Environment:
+- DATA_PULLER_CONFIG: config path (default ./data_puller.yaml)
+- DATA_PULLER_HOME: data directory (default ./data)
+- BINANCE_BASE_URL, BINANCE_ARCHIVE_URL, TWELVEDATA_BASE_URL, TWELVEDATA_API_KEY, DATA_PULLER_POSTGRES_URL
+Values may use `${VAR}` (required) and `${VAR:-default}` interpolation; `$${` is a literal `${`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import types
+import typing
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from data_puller_dagster import timeframes
+from data_puller_dagster.symbols import check_name, check_symbol, partition_key
+
+DEFAULT_CONFIG_PATH = "data_puller.yaml"
+DEFAULT_BINANCE_BASE_URL = "https://api.binance.com"
+DEFAULT_BINANCE_ARCHIVE_URL = "https://data.binance.vision"
+DEFAULT_TWELVEDATA_BASE_URL = "https://api.twelvedata.com"
+
+AssetClass = Literal["crypto", "forex", "equity", "commodity", "index"]
+SourceName = Literal["binance", "twelvedata"]
+Layer = Literal["raw", "normalized", "quarantine", "derived", "enriched", "dataset"]
+DestinationName = Literal["parquet", "duckdb", "postgres", "csv", "jsonl"]
+LAYERS: tuple[str, ...] = typing.get_args(Layer)
+
+# Which asset classes each provider serves.
+SOURCE_ASSET_CLASSES: dict[str, tuple[str, ...]] = {
+    "binance": ("crypto",),
+    "twelvedata": ("forex", "equity", "commodity", "index"),
+}
+# Decimal places kept for prices in datasets when a feed does not say (instrument precision).
+DEFAULT_PRICE_DECIMALS: dict[str, int] = {"crypto": 8, "forex": 5, "equity": 4, "commodity": 4, "index": 4}
+
+
+class ConfigError(Exception):
+    """The configuration is invalid. The message lists every problem as `path: problem`."""
+
+    def __init__(self, problems: list[str], source: str = "configuration"):
+        self.problems = problems
+        self.source = source
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid {source} ({len(problems)} problem(s)):\n{lines}")
+
+
+def _timeframe(v: str) -> str:
+    return timeframes.check_timeframe(v)
+
+
+TF = Annotated[str, AfterValidator(_timeframe)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+# --------------------------------------------------------------------------------------------- sources
+class BinanceSourceConfig(_Model):
+    """Binance spot REST and the data.binance.vision archive."""
+
+    base_url: str = Field(default_factory=lambda: os.environ.get("BINANCE_BASE_URL") or DEFAULT_BINANCE_BASE_URL)
+    archive_url: str = Field(
+        default_factory=lambda: os.environ.get("BINANCE_ARCHIVE_URL") or DEFAULT_BINANCE_ARCHIVE_URL
+    )
+    use_archive: bool = Field(True, description="Use the public archive for days it has published.")
+    weight_budget_per_minute: int = Field(6000, ge=10, description="IP request-weight budget (6000 today).")
+    weight_safety_fraction: float = Field(0.8, gt=0, le=1, description="Slow down above this share of it.")
+    max_concurrency: int = Field(8, ge=1, le=64, description="Pages fetched at once.")
+    timeout_seconds: float = Field(30.0, gt=0)
+    max_retries: int = Field(5, ge=0, le=20)
+
+    @field_validator("base_url", "archive_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _check_url(v)
+
+
+class TwelveDataSourceConfig(_Model):
+    """Twelve Data REST, for forex, US equities, commodities and indices."""
+
+    base_url: str = Field(
+        default_factory=lambda: os.environ.get("TWELVEDATA_BASE_URL") or DEFAULT_TWELVEDATA_BASE_URL
+    )
+    api_key: SecretStr | None = Field(
+        default_factory=lambda: SecretStr(os.environ["TWELVEDATA_API_KEY"])
+        if os.environ.get("TWELVEDATA_API_KEY")
+        else None
+    )
+    credits_per_minute: int = Field(8, ge=1, description="8 on the free plan; raise for paid plans.")
+    max_concurrency: int = Field(4, ge=1, le=64)
+    outputsize: int = Field(5000, ge=1, le=5000)
+    timeout_seconds: float = Field(30.0, gt=0)
+    max_retries: int = Field(5, ge=0, le=20)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _check_url(v)
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, v: Any) -> Any:
+        return None if v in ("", None) else v
+
+
+class SourcesConfig(_Model):
+    binance: BinanceSourceConfig = Field(default_factory=BinanceSourceConfig)
+    twelvedata: TwelveDataSourceConfig = Field(default_factory=TwelveDataSourceConfig)
+
+
+def _check_url(v: str) -> str:
+    if not re.match(r"^(https?|file)://[^\s]+$", v):
+        raise ValueError(f"{v!r} is not a URL; use http(s)://host[:port][/path] or file:///path")
+    return v.rstrip("/")
+
+
+# ----------------------------------------------------------------------------------------------- feeds
+class FeedConfig(_Model):
+    """One feed per asset class: where candles come from, which symbols, from when."""
+
+    name: str
+    source: SourceName
+    asset_class: AssetClass
+    timeframe: TF = Field(description="Base timeframe pulled from the provider.")
+    derived_timeframes: list[TF] = Field(default_factory=list, description="Built by resampling the base.")
+    symbols: list[str] = Field(min_length=1)
+    start_date: date = Field(description="First UTC day of history (partition start).")
+    end_date: date | None = Field(None, description="Last UTC day; open-ended when omitted.")
+    enrich_timeframes: list[TF] | None = Field(
+        None, description="Timeframes that get indicators; default: base + derived."
+    )
+    dataset_timeframe: TF | None = Field(None, description="Timeframe of LLM examples; default: base.")
+    price_decimals: int | None = Field(None, ge=0, le=12, description="Instrument precision for datasets.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v, "feed name")
+
+    @field_validator("symbols")
+    @classmethod
+    def _symbols(cls, v: list[str]) -> list[str]:
+        seen: dict[str, str] = {}
+        for s in v:
+            check_symbol(s)
+            key = partition_key(s)
+            if key in seen:
+                raise ValueError(f"symbols {seen[key]!r} and {s!r} share the partition key {key!r}; keep one")
+            seen[key] = s
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FeedConfig:
+        allowed = SOURCE_ASSET_CLASSES[self.source]
+        if self.asset_class not in allowed:
+            raise ValueError(
+                f"asset_class {self.asset_class!r} is not served by source {self.source!r}; "
+                f"use one of {', '.join(allowed)}"
+            )
+        for tf in self.derived_timeframes:
+            if not timeframes.is_finer_or_equal(self.timeframe, tf) or tf == self.timeframe:
+                raise ValueError(
+                    f"derived timeframe {tf!r} cannot be built from base {self.timeframe!r}; "
+                    "use a larger whole multiple of the base timeframe"
+                )
+            if timeframes.seconds(tf) > 86400:  # pragma: no cover - no such timeframe yet
+                raise ValueError(f"derived timeframe {tf!r} is longer than a day partition")
+        if len(set(self.derived_timeframes)) != len(self.derived_timeframes):
+            raise ValueError(f"derived_timeframes has duplicates: {self.derived_timeframes}")
+        for tf in self.enrich_timeframes or []:
+            if tf not in self.all_timeframes:
+                raise ValueError(
+                    f"enrich timeframe {tf!r} is not produced by this feed; use one of "
+                    f"{', '.join(self.all_timeframes)}"
+                )
+        if self.dataset_timeframe and self.dataset_timeframe not in self.enriched_timeframes:
+            raise ValueError(
+                f"dataset_timeframe {self.dataset_timeframe!r} is not enriched; use one of "
+                f"{', '.join(self.enriched_timeframes)}"
+            )
+        if self.end_date and self.end_date < self.start_date:
+            raise ValueError(f"end_date {self.end_date} is before start_date {self.start_date}")
+        return self
+
+    @property
+    def all_timeframes(self) -> list[str]:
+        return [self.timeframe, *self.derived_timeframes]
+
+    @property
+    def enriched_timeframes(self) -> list[str]:
+        return list(self.enrich_timeframes) if self.enrich_timeframes is not None else self.all_timeframes
+
+    @property
+    def llm_timeframe(self) -> str:
+        return self.dataset_timeframe or self.timeframe
+
+    @property
+    def decimals(self) -> int:
+        return self.price_decimals if self.price_decimals is not None else DEFAULT_PRICE_DECIMALS[self.asset_class]
+
+    @property
+    def symbol_keys(self) -> dict[str, str]:
+        """Partition key -> display symbol."""
+        return {partition_key(s): s for s in self.symbols}
+
+
+# ---------------------------------------------------------------------------------------- indicators
+class IndicatorsConfig(_Model):
+    """Technical indicators computed with `ta`. Set a block to null to turn it off."""
+
+    rsi_window: int | None = Field(14, ge=2)
+    macd: tuple[int, int, int] | None = Field((12, 26, 9), description="fast, slow, signal")
+    bollinger: tuple[int, float] | None = Field((20, 2.0), description="window, number of std")
+    ema_windows: list[int] = Field(default_factory=lambda: [12, 26, 50])
+    sma_windows: list[int] = Field(default_factory=lambda: [20, 50])
+    atr_window: int | None = Field(14, ge=2)
+    obv: bool = True
+    stochastic: tuple[int, int] | None = Field((14, 3), description="window, smoothing")
+    vwap_window: int | None = Field(14, ge=1)
+    warmup_candles: int = Field(
+        300, ge=0, description="Earlier candles read before each partition so values do not depend on it."
+    )
+
+    @field_validator("ema_windows", "sma_windows")
+    @classmethod
+    def _windows(cls, v: list[int]) -> list[int]:
+        bad = [w for w in v if w < 1]
+        if bad:
+            raise ValueError(f"windows must be >= 1, got {bad}")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _macd(self) -> IndicatorsConfig:
+        if self.macd and self.macd[0] >= self.macd[1]:
+            raise ValueError(f"macd fast window {self.macd[0]} must be below slow window {self.macd[1]}")
+        return self
+
+
+# ------------------------------------------------------------------------------------------- dataset
+class DatasetSplitConfig(_Model):
+    """Time-based split: examples whose candle is on/after a date belong to the later split."""
+
+    validation_start: date | None = None
+    test_start: date | None = None
+
+    @model_validator(mode="after")
+    def _order(self) -> DatasetSplitConfig:
+        if self.validation_start and self.test_start and self.test_start <= self.validation_start:
+            raise ValueError(
+                f"test_start {self.test_start} must be after validation_start {self.validation_start}"
+            )
+        return self
+
+
+class DatasetConfig(_Model):
+    """LLM training dataset (JSONL) options, from the seed design."""
+
+    enabled: bool = True
+    format: Literal["seed", "chat"] = "seed"
+    context_window: int = Field(100, ge=1, le=5000)
+    stride: int = Field(1, ge=1)
+    include_features: list[str] | None = Field(None, description="Indicator columns; default: all.")
+    target_column: Literal["close", "open", "high", "low"] = "close"
+    min_quality: float = Field(0.9, ge=0, le=1, description="Skip partitions scoring below this.")
+    split: DatasetSplitConfig = Field(default_factory=DatasetSplitConfig)
+    system_prompt: str = (
+        "You are a market analyst. Given recent OHLCV candles and indicators, predict the next close."
+    )
+
+
+# -------------------------------------------------------------------------------------------- routes
+class RowFilter(_Model):
+    """A declarative row condition (never evaluated as code)."""
+
+    column: str
+    op: Literal["eq", "ne", "gt", "ge", "lt", "le", "in", "not_in", "notnull", "isnull"]
+    value: Any = None
+
+    @field_validator("column")
+    @classmethod
+    def _col(cls, v: str) -> str:
+        return check_name(v, "column name")
+
+    @model_validator(mode="after")
+    def _value(self) -> RowFilter:
+        if self.op in ("in", "not_in") and not isinstance(self.value, list):
+            raise ValueError(f"op {self.op!r} needs a list value, got {self.value!r}")
+        if self.op not in ("notnull", "isnull", "in", "not_in") and self.value is None:
+            raise ValueError(f"op {self.op!r} needs a value")
+        return self
+
+
+class RouteMatch(_Model):
+    """Which asset outputs a route takes. Omitted fields match everything."""
+
+    layer: list[Layer] | None = None
+    feed: list[str] | None = None
+    asset_class: list[AssetClass] | None = None
+    timeframe: list[TF] | None = None
+    symbol: list[str] | None = None
+
+    @field_validator("symbol")
+    @classmethod
+    def _symbols(cls, v: list[str] | None) -> list[str] | None:
+        for s in v or []:
+            check_symbol(s)
+        return v
+
+
+class RouteConfig(_Model):
+    id: str
+    match: RouteMatch = Field(default_factory=RouteMatch)
+    destinations: list[DestinationName] = Field(min_length=1)
+    filter: list[RowFilter] = Field(default_factory=list)
+    enabled: bool = True
+    on_error: Literal["fail", "warn"] = "fail"
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        return check_name(v, "route id")
+
+
+def _default_routes() -> list[RouteConfig]:
+    return [RouteConfig(id="default", destinations=["parquet", "duckdb"])]
+
+
+# ------------------------------------------------------------------------------------------- storage
+class StorageConfig(_Model):
+    """Where each destination keeps its data. Relative paths are relative to the working directory."""
+
+    data_dir: Path = Field(default_factory=lambda: Path(os.environ.get("DATA_PULLER_HOME") or "data"))
+    parquet_root: str | None = Field(None, description="Local path or fsspec URL; default <data_dir>/parquet")
+    duckdb_path: Path | None = Field(None, description="Default <data_dir>/warehouse.duckdb")
+    postgres_url: SecretStr | None = Field(
+        default_factory=lambda: SecretStr(os.environ["DATA_PULLER_POSTGRES_URL"])
+        if os.environ.get("DATA_PULLER_POSTGRES_URL")
+        else None
+    )
+    postgres_schema_prefix: str = Field("", description="Prefix for Postgres schema names (one per feed).")
+    csv_dir: Path | None = Field(None, description="Default <data_dir>/csv")
+    jsonl_dir: Path | None = Field(None, description="Default <data_dir>/jsonl")
+    datasets_dir: Path | None = Field(None, description="Default <data_dir>/datasets")
+    primary: Literal["parquet", "duckdb", "postgres"] = Field("parquet", description="Where inputs are read.")
+
+    @field_validator("postgres_url", mode="before")
+    @classmethod
+    def _empty_url_is_none(cls, v: Any) -> Any:
+        return None if v in ("", None) else v
+
+    @field_validator("postgres_schema_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        return check_name(v, "postgres_schema_prefix") if v else v
+
+    def _under(self, p: Path | None, default: str) -> Path:
+        return (p if p is not None else self.data_dir / default).expanduser().absolute()
+
+    @property
+    def parquet_location(self) -> str:
+        if self.parquet_root and "://" in self.parquet_root:
+            return self.parquet_root.rstrip("/")
+        return str(self._under(Path(self.parquet_root) if self.parquet_root else None, "parquet"))
+
+    @property
+    def duckdb_file(self) -> Path:
+        return self._under(self.duckdb_path, "warehouse.duckdb")
+
+    @property
+    def csv_location(self) -> Path:
+        return self._under(self.csv_dir, "csv")
+
+    @property
+    def jsonl_location(self) -> Path:
+        return self._under(self.jsonl_dir, "jsonl")
+
+    @property
+    def datasets_location(self) -> Path:
+        return self._under(self.datasets_dir, "datasets")
+
+
+# ------------------------------------------------------------------------------------ runs, automation
+class RunsConfig(_Model):
+    max_partitions_per_run: int = Field(31, ge=1, le=400, description="Date partitions per backfill run.")
+    retry_max: int = Field(3, ge=0, le=10)
+    retry_delay_seconds: float = Field(30, ge=0)
+
+
+class ScheduleConfig(_Model):
+    enabled: bool = True
+    minutes_after_midnight: int = Field(15, ge=0, lt=24 * 60, description="UTC offset of the daily run.")
+
+
+class GapSensorConfig(_Model):
+    enabled: bool = True
+    interval_seconds: int = Field(300, ge=30)
+    max_runs_in_flight: int = Field(4, ge=1)
+    settle_hours: int = Field(36, ge=0, description="Age before a day's data is treated as final.")
+    max_attempts: int = Field(3, ge=1, description="Refetches of an incomplete day before it is confirmed.")
+
+
+class AutomationConfig(_Model):
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    gap_sensor: GapSensorConfig = Field(default_factory=GapSensorConfig)
+
+
+# ---------------------------------------------------------------------------------------------- root
+class AppConfig(_Model):
+    """Root of data_puller.yaml."""
+
+    version: Literal[1] = 1
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    sources: SourcesConfig = Field(default_factory=SourcesConfig)
+    feeds: list[FeedConfig] = Field(min_length=1)
+    indicators: IndicatorsConfig = Field(default_factory=IndicatorsConfig)
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    routes: list[RouteConfig] = Field(default_factory=_default_routes)
+    runs: RunsConfig = Field(default_factory=RunsConfig)
+    automation: AutomationConfig = Field(default_factory=AutomationConfig)
+
+    @model_validator(mode="after")
+    def _cross_refs(self) -> AppConfig:
+        names = [f.name for f in self.feeds]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"feed names must be unique; duplicated: {', '.join(dupes)}")
+        ids = [r.id for r in self.routes]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"route ids must be unique; duplicated: {', '.join(dupes)}")
+        for i, r in enumerate(self.routes):
+            for f in r.match.feed or []:
+                if f not in names:
+                    raise ValueError(
+                        f"routes[{i}].match.feed: {f!r} is not a feed; use one of {', '.join(names)}"
+                    )
+            if r.enabled and "postgres" in r.destinations and self.storage.postgres_url is None:
+                raise ValueError(
+                    f"routes[{i}] ({r.id}) sends to postgres but storage.postgres_url is not set; "
+                    "set DATA_PULLER_POSTGRES_URL or storage.postgres_url"
+                )
+        if self.storage.primary == "postgres" and self.storage.postgres_url is None:
+            raise ValueError("storage.primary is 'postgres' but storage.postgres_url is not set")
+        return self
+
+    def feed(self, name: str) -> FeedConfig:
+        for f in self.feeds:
+            if f.name == name:
+                return f
+        raise KeyError(f"no feed named {name!r}; feeds: {', '.join(f.name for f in self.feeds)}")
+
+    def fingerprint(self) -> str:
+        """Stable hash of the effective config (secrets excluded) for manifests and code versions."""
+        data = self.model_dump(mode="json", exclude={"storage": {"postgres_url"}, "sources": True})
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------- interpolation
+_VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(node: Any, env: typing.Mapping[str, str] | None = None, path: str = "") -> Any:
+    """Replace `${VAR}` / `${VAR:-default}` in every string of a parsed YAML tree."""
+    env = os.environ if env is None else env
+    if isinstance(node, dict):
+        return {k: interpolate(v, env, _join(path, k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [interpolate(v, env, f"{path}[{i}]") for i, v in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def repl(m: re.Match[str]) -> str:
+        if m.group(0) == "$${":
+            return "${"
+        name, default = m.group(1), m.group(2)
+        value = env.get(name)
+        if value not in (None, ""):
+            return value
+        if default is not None:
+            return default
+        raise ConfigError(
+            [f"{path or '<root>'}: environment variable {name} is not set; export it or write ${{{name}:-default}}"]
+        )
+
+    return _VAR.sub(repl, node)
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+# ----------------------------------------------------------------------------------- error rendering
+def _loc_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and part.startswith(("function-", "tagged-union")):
+            continue
+        else:
+            out = _join(out, part)
+    return out or "<root>"
+
+
+def _unwrap(tp: Any) -> list[Any]:
+    """Candidate inner types of an annotation (through Optional, list, dict, Annotated)."""
+    origin = typing.get_origin(tp)
+    if origin is Annotated:
+        return _unwrap(typing.get_args(tp)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [t for a in typing.get_args(tp) for t in _unwrap(a)]
+    if origin in (list, tuple, set):
+        return [t for a in typing.get_args(tp) for t in _unwrap(a)]
+    if origin is dict:
+        return _unwrap(typing.get_args(tp)[1])
+    return [tp]
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = AppConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if model is None or part not in model.model_fields:
+            return None
+        inner = [t for t in _unwrap(model.model_fields[part].annotation) if isinstance(t, type)]
+        models = [t for t in inner if issubclass(t, BaseModel)]
+        model = models[0] if models else None
+    return model
+
+
+def render_errors(err: ValidationError) -> list[str]:
+    problems = []
+    for e in err.errors(include_url=False):
+        loc = tuple(e["loc"])
+        path = _loc_path(loc)
+        msg = e["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if e["type"] == "extra_forbidden":
+            parent = _model_at(loc[:-1])
+            allowed = f"; allowed keys here: {', '.join(parent.model_fields)}" if parent else ""
+            problems.append(f"{path}: unknown key (check its spelling){allowed}")
+        elif e["type"] == "missing":
+            problems.append(f"{path}: required key is missing")
+        elif e["type"] == "value_error":
+            problems.append(msg if path == "<root>" else f"{path}: {msg}")
+        else:
+            problems.append(f"{path}: {e.get('input')!r} is invalid: {msg}")
+    return problems
+
+
+# -------------------------------------------------------------------------------------------- loading
+def config_path() -> Path:
+    return Path(os.environ.get("DATA_PULLER_CONFIG") or DEFAULT_CONFIG_PATH)
+
+
+def parse_config(data: Any, source: str = "configuration", env: typing.Mapping[str, str] | None = None) -> AppConfig:
+    """Validate an already-parsed YAML mapping. Raises ConfigError listing every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError([f"<root>: expected a mapping of keys, got {type(data).__name__}"], source)
+    try:
+        data = interpolate(data, env)
+    except ConfigError as e:
+        raise ConfigError(e.problems, source) from None
+    try:
+        return AppConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(render_errors(e), source) from None
+
+
+def load_config(path: str | Path | None = None) -> AppConfig:
+    """Read and validate the config file (DATA_PULLER_CONFIG or ./data_puller.yaml)."""
+    p = Path(path) if path is not None else config_path()
+    if not p.exists():
+        raise ConfigError(
+            [f"{p}: file not found; create it (see README) or point DATA_PULLER_CONFIG at your config"],
+            str(p),
+        )
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError([f"not valid YAML: {e}"], str(p)) from None
+    return parse_config(data, str(p))

@@ -1,0 +1,1 @@
+"""Storage: the declarative router and its destinations (Parquet, DuckDB, Postgres, CSV, JSONL)."""

@@ -1,0 +1,1 @@
+"""Provider adapters: (symbol, timeframe, UTC range) -> raw DataFrame exactly as the provider sent it."""

@@ -1,0 +1,1 @@
+"""Plain pandas transforms (no Dagster): normalize, validate, gaps, resample, indicators, datasets."""

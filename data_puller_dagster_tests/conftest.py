@@ -1,0 +1,15 @@
+"""Shared fixtures. Real market data lives in data_puller_dagster_tests/fixtures (copied from
+../shared/market-data; see fixtures/SOURCES.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def fixtures_dir() -> Path:
+    return FIXTURES
