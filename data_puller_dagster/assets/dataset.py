@@ -1,0 +1,162 @@
+"""LLM training data: `<feed>/llm_dataset_<tf>` (examples per day partition) and
+`<feed>/llm_dataset_<tf>_files` (the JSONL split files with their manifest).
+
+A day's examples need `context_window` earlier candles and the next candle (the target), so each
+partition reads earlier days and the following day; the last candle of a day gets its example once the
+next day exists. Building day by day therefore gives exactly the dataset built from the whole history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date, timedelta
+
+import dagster as dg
+import pandas as pd
+
+from data_puller_dagster.assets.metadata import frame_metadata
+from data_puller_dagster.assets.naming import asset_key, dataset_files_key, table_metadata, table_ref
+from data_puller_dagster.assets.partitions import (
+    context_window,
+    days_for_candles,
+    feed_partitions,
+    window_mapping,
+)
+from data_puller_dagster.config import AppConfig, FeedConfig
+from data_puller_dagster.io.router import Router
+from data_puller_dagster.io.tables import PartitionSlice
+from data_puller_dagster.transform.calendars import expected_grid
+from data_puller_dagster.transform.llm_dataset import build_examples, write_dataset
+
+CODE_VERSION = "dataset-1"
+
+
+def quality_by_day(enriched: pd.DataFrame, feed: FeedConfig, tf: str) -> dict[date, float]:
+    """Completeness of each UTC day's candles against the market calendar (1.0 when the market was shut).
+
+    Used to drop examples from days below `dataset.min_quality`.
+    """
+    if enriched.empty:
+        return {}
+    start = enriched["ts"].min().floor("D")
+    end = enriched["ts"].max().floor("D") + pd.Timedelta(days=1)
+    grid = expected_grid(feed.asset_class, tf, start, end)
+    expected = pd.Series(1, index=grid).groupby(grid.date).sum()
+    present_ts = pd.DatetimeIndex(enriched["ts"]).intersection(grid)
+    present = pd.Series(1, index=present_ts).groupby(present_ts.date).sum()
+    ratio = (present.reindex(expected.index, fill_value=0) / expected).clip(upper=1.0)
+    days = pd.Index(pd.DatetimeIndex(enriched["ts"]).date).unique()
+    return {d: float(ratio.get(d, 1.0)) for d in days}
+
+
+def build_dataset_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition:
+    tf = feed.llm_timeframe
+    days_before = days_for_candles(feed.asset_class, tf, cfg.dataset.context_window)
+
+    @dg.asset(
+        key=asset_key(feed, "dataset", tf),
+        ins={
+            "enriched": dg.AssetIn(
+                asset_key(feed, "enriched", tf), partition_mapping=window_mapping(days_before, days_after=1)
+            )
+        },
+        partitions_def=feed_partitions(feed),
+        group_name=feed.name,
+        kinds={"pandas", "json"},
+        code_version=f"{CODE_VERSION}-{cfg.fingerprint()}",
+        description=(
+            f"One LLM training example per {tf} candle ({cfg.dataset.format} format, context of "
+            f"{cfg.dataset.context_window} candles), as ready-serialized JSON lines with their split."
+        ),
+        metadata=table_metadata(feed, "dataset", tf),
+        backfill_policy=dg.BackfillPolicy.multi_run(cfg.runs.max_partitions_per_run),
+    )
+    def dataset(context: dg.AssetExecutionContext, enriched: pd.DataFrame) -> dg.Output[pd.DataFrame]:
+        window = context_window(context)
+        frames = []
+        excluded_quality = 0
+        for _, rows in enriched.groupby("symbol", sort=True):
+            rows = rows.sort_values("ts", kind="stable").reset_index(drop=True)
+            batch = build_examples(
+                rows,
+                feed=feed,
+                dataset=cfg.dataset,
+                indicators=cfg.indicators,
+                start=pd.Timestamp(window.start_ts),
+                end=pd.Timestamp(window.end_ts),
+                quality_by_day=quality_by_day(rows, feed, tf),
+            )
+            frames.append(batch.frame)
+            excluded_quality += int(batch.excluded_low_quality)
+        out = pd.concat(frames, ignore_index=True) if frames else _empty_examples()
+        splits = out["split"].value_counts().to_dict() if len(out) else {}
+        return dg.Output(
+            out,
+            metadata={
+                **frame_metadata(out.drop(columns=["line"])),
+                "examples_by_split": dg.MetadataValue.json({str(k): int(v) for k, v in splits.items()}),
+                "excluded_low_quality": dg.MetadataValue.int(excluded_quality),
+            },
+        )
+
+    return dataset
+
+
+def _empty_examples() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "ts": pd.Series(dtype="datetime64[ns, UTC]"),
+            "symbol": pd.Series(dtype="string"),
+            "split": pd.Series(dtype="string"),
+            "line": pd.Series(dtype="string"),
+        }
+    )
+
+
+def build_dataset_files_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition:
+    tf = feed.llm_timeframe
+    src = table_ref(feed, "dataset", tf)
+
+    @dg.asset(
+        key=dataset_files_key(feed),
+        deps=[asset_key(feed, "dataset", tf)],
+        group_name=feed.name,
+        kinds={"json"},
+        code_version=f"{CODE_VERSION}-{cfg.fingerprint()}",
+        description=(
+            "The JSONL dataset files (train/validation/test) and manifest.json, assembled from every "
+            "materialized day of the examples asset, streamed a month at a time."
+        ),
+    )
+    def dataset_files(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        router = Router(cfg)
+        out_dir = cfg.storage.datasets_location / feed.name / f"llm_{tf}"
+        manifest = write_dataset(
+            _monthly_batches(router, src, feed),
+            out_dir,
+            name=f"{feed.name}_{tf}",
+            config_hash=cfg.fingerprint(),
+        )
+        context.log.info(f"dataset written to {out_dir}: {manifest.get('rows')}")
+        return dg.MaterializeResult(
+            metadata={
+                "path": dg.MetadataValue.path(str(out_dir)),
+                "manifest": dg.MetadataValue.json(manifest),
+            }
+        )
+
+    return dataset_files
+
+
+def _monthly_batches(router: Router, table, feed: FeedConfig) -> Iterator[pd.DataFrame]:
+    """Symbol by symbol, month by month, in (symbol, ts) order: bounded memory, deterministic order."""
+    last = feed.end_date or (pd.Timestamp.now(tz="UTC").date())
+    for key, display in sorted(feed.symbol_keys.items()):
+        start = feed.start_date
+        while start <= last:
+            nxt = (pd.Timestamp(start) + pd.offsets.MonthBegin(1)).date()
+            end = min(nxt - timedelta(days=1), last)
+            part = router.read(table, PartitionSlice(symbols={key: display}, start=start, end=end))
+            if len(part):
+                yield part.sort_values("ts", kind="stable").reset_index(drop=True)
+            start = nxt

@@ -1,0 +1,26 @@
+"""Every asset of one feed, in the order data flows: raw -> normalized (+quarantine) -> derived
+timeframes -> enriched -> LLM dataset (examples, then files)."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from data_puller_dagster.assets.dataset import build_dataset_asset, build_dataset_files_asset
+from data_puller_dagster.assets.derived import build_derived_asset
+from data_puller_dagster.assets.enriched import build_enriched_asset
+from data_puller_dagster.assets.normalized import build_normalized_assets
+from data_puller_dagster.assets.raw import build_raw_asset
+from data_puller_dagster.config import AppConfig, FeedConfig
+
+
+def build_feed_assets(cfg: AppConfig, feed: FeedConfig) -> list[dg.AssetsDefinition]:
+    assets = [build_raw_asset(cfg, feed), build_normalized_assets(cfg, feed)]
+    assets += [build_derived_asset(cfg, feed, tf) for tf in feed.derived_timeframes]
+    assets += [build_enriched_asset(cfg, feed, tf) for tf in feed.enriched_timeframes]
+    if cfg.dataset.enabled:
+        assets += [build_dataset_asset(cfg, feed), build_dataset_files_asset(cfg, feed)]
+    return assets
+
+
+def build_all_assets(cfg: AppConfig) -> list[dg.AssetsDefinition]:
+    return [a for feed in cfg.feeds for a in build_feed_assets(cfg, feed)]

@@ -1,0 +1,264 @@
+"""`<feed>/normalized_ohlcv_<tf>` and `<feed>/quarantine_ohlcv_<tf>`, with their checks.
+
+Validation runs inside the asset and reports through check specs, so results land on the Checks tab.
+The schema check is blocking: when it fails the normalized output is not stored at all (the previous
+version stays), offending rows go to quarantine, and downstream layers do not run.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+
+from data_puller_dagster import timeframes
+from data_puller_dagster.assets.metadata import frame_metadata, sample_rows
+from data_puller_dagster.assets.naming import asset_key, table_metadata
+from data_puller_dagster.assets.partitions import PartitionWindow, context_window, feed_partitions
+from data_puller_dagster.config import AppConfig, FeedConfig
+from data_puller_dagster.transform.calendars import expected_grid
+from data_puller_dagster.transform.gaps import find_gaps
+from data_puller_dagster.transform.normalize import normalize
+from data_puller_dagster.transform.quality import data_quality_score
+from data_puller_dagster.transform.schemas import validate_normalized
+
+CODE_VERSION = "normalized-1"
+
+CHECK_SCHEMA = "schema_valid"
+CHECK_DUPLICATES = "no_duplicate_conflicts"
+CHECK_QUARANTINE = "no_ohlc_violations"
+CHECK_COMPLETENESS = "complete_against_calendar"
+CHECK_FRESHNESS = "fresh"
+
+# Metadata key the gap-filling sensor reads: {"YYYY-MM-DD": {"<symbol key>": missing candles}}.
+MISSING_BY_DAY = "missing_by_day"
+
+
+def missing_by_day(expected: pd.DatetimeIndex, present: pd.Series, key: str) -> dict[str, dict[str, int]]:
+    """Missing candles per UTC day for one symbol (vectorized set difference + group count)."""
+    missing = expected.difference(pd.DatetimeIndex(present.dropna()))
+    if missing.empty:
+        return {}
+    counts = pd.Series(1, index=missing).groupby(missing.strftime("%Y-%m-%d")).sum()
+    return {day: {key: int(n)} for day, n in counts.items()}
+
+
+def build_normalized_assets(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition:
+    tf = feed.timeframe
+    raw_key = asset_key(feed, "raw", tf)
+    norm_key = asset_key(feed, "normalized", tf)
+    quar_key = asset_key(feed, "quarantine", tf)
+    partitions = feed_partitions(feed)
+
+    checks = [
+        dg.AssetCheckSpec(
+            CHECK_SCHEMA,
+            asset=norm_key,
+            blocking=True,
+            description="Canonical schema (pandera, lazy) and every candle inside the requested days.",
+        ),
+        dg.AssetCheckSpec(CHECK_DUPLICATES, asset=norm_key, description="No conflicting duplicate candles."),
+        dg.AssetCheckSpec(
+            CHECK_QUARANTINE, asset=norm_key, description="No rows broke OHLC integrity (those are quarantined)."
+        ),
+        dg.AssetCheckSpec(
+            CHECK_COMPLETENESS, asset=norm_key, description="Every candle the market calendar expects is present."
+        ),
+        dg.AssetCheckSpec(
+            CHECK_FRESHNESS, asset=norm_key, description="Per symbol: the last closed candle is present."
+        ),
+    ]
+
+    @dg.multi_asset(
+        name=f"{feed.name}__normalize_{tf}",
+        outs={
+            "normalized": dg.AssetOut(
+                key=norm_key,
+                is_required=False,
+                group_name=feed.name,
+                kinds={"pandas", "pandera"},
+                code_version=CODE_VERSION,
+                description=(
+                    f"Canonical {tf} OHLCV: UTC grid-aligned, deduplicated, validated; still-open candles "
+                    "flagged is_final=False. Schema version in transform.canonical."
+                ),
+                metadata=table_metadata(feed, "normalized", tf),
+            ),
+            "quarantine": dg.AssetOut(
+                key=quar_key,
+                is_required=False,
+                group_name=feed.name,
+                kinds={"pandas"},
+                code_version=CODE_VERSION,
+                description="Rows that broke a rule (OHLC integrity, bad timestamps, ...), with the rule.",
+                metadata=table_metadata(feed, "quarantine", tf),
+            ),
+        },
+        ins={"raw": dg.AssetIn(raw_key)},
+        check_specs=checks,
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.multi_run(cfg.runs.max_partitions_per_run),
+    )
+    def normalize_asset(context: dg.AssetExecutionContext, raw: pd.DataFrame):
+        window = context_window(context)
+        now = pd.Timestamp.now(tz="UTC")
+        result = normalize(raw, asset_class=feed.asset_class, timeframe=tf, now=now)
+        data, quarantine, report = result.data, result.quarantine, result.report
+
+        outside = data[(data["ts"] < window.start_ts) | (data["ts"] >= window.end_ts)]
+        summary = validate_normalized(data)
+        schema_ok = summary.ok and outside.empty
+
+        per_symbol = _completeness(feed, window, data, now)
+        missing = sum(s["missing"] for s in per_symbol.values())
+        segments = sum(s["segments"] for s in per_symbol.values())
+        expected = sum(s["expected"] for s in per_symbol.values())
+        present = sum(s["present"] for s in per_symbol.values())
+        completeness = present / expected if expected else 1.0
+        score = data_quality_score(completeness=completeness, rows_in=report.rows_in, quarantined=len(quarantine))
+        by_day: dict[str, dict[str, int]] = {}
+        for s in per_symbol.values():
+            for day, m in s["by_day"].items():
+                by_day.setdefault(day, {}).update(m)
+
+        common: dict[str, Any] = {
+            "quality_score": dg.MetadataValue.float(float(score)),
+            "missing_candles": dg.MetadataValue.int(int(missing)),
+            "gap_segments": dg.MetadataValue.int(int(segments)),
+            "quarantined_rows": dg.MetadataValue.int(len(quarantine)),
+            MISSING_BY_DAY: dg.MetadataValue.json(by_day),
+            **{f"normalize/{k}": v for k, v in _scalar_metadata(report.as_metadata()).items()},
+        }
+
+        if schema_ok:
+            yield dg.Output(data, output_name="normalized", metadata={**frame_metadata(data), **common})
+        else:
+            context.log.error(
+                f"normalized data for {window.symbol_keys} {window.start}..{window.end} is invalid; not stored. "
+                f"schema failures: {summary.failures}; rows outside the requested days: {len(outside)}"
+            )
+        yield dg.Output(quarantine, output_name="quarantine", metadata=frame_metadata(quarantine))
+
+        yield dg.AssetCheckResult(
+            asset_key=norm_key,
+            check_name=CHECK_SCHEMA,
+            passed=bool(schema_ok),
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={
+                "failures": dg.MetadataValue.json(_jsonable(summary.failures)),
+                "rows_outside_window": dg.MetadataValue.int(len(outside)),
+                "sample": sample_rows(outside if not outside.empty else summary.sample),
+            },
+        )
+        conflicts = int(report.duplicate_conflicts)
+        yield dg.AssetCheckResult(
+            asset_key=norm_key,
+            check_name=CHECK_DUPLICATES,
+            passed=conflicts == 0,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "identical_duplicates": dg.MetadataValue.int(int(report.duplicates_identical)),
+                "conflicting_duplicates": dg.MetadataValue.int(conflicts),
+            },
+        )
+        yield dg.AssetCheckResult(
+            asset_key=norm_key,
+            check_name=CHECK_QUARANTINE,
+            passed=quarantine.empty,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "quarantined_rows": dg.MetadataValue.int(len(quarantine)),
+                "by_rule": dg.MetadataValue.json(_jsonable(report.quarantined_by_rule)),
+                "sample": sample_rows(quarantine),
+            },
+        )
+        yield dg.AssetCheckResult(
+            asset_key=norm_key,
+            check_name=CHECK_COMPLETENESS,
+            passed=missing == 0,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "missing_candles": dg.MetadataValue.int(int(missing)),
+                "gap_segments": dg.MetadataValue.int(int(segments)),
+                "completeness": dg.MetadataValue.float(float(completeness)),
+                "segments": dg.MetadataValue.json(
+                    {k: v["segment_list"][:20] for k, v in per_symbol.items() if v["segment_list"]}
+                ),
+            },
+        )
+        stale = {k: v["stale"] for k, v in per_symbol.items() if v["stale"]}
+        yield dg.AssetCheckResult(
+            asset_key=norm_key,
+            check_name=CHECK_FRESHNESS,
+            passed=not stale,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "last_candle_by_symbol": dg.MetadataValue.json({k: v["last"] for k, v in per_symbol.items()}),
+                "stale": dg.MetadataValue.json(stale),
+            },
+        )
+
+    return normalize_asset
+
+
+def _completeness(
+    feed: FeedConfig, window: PartitionWindow, data: pd.DataFrame, now: pd.Timestamp
+) -> dict[str, dict[str, Any]]:
+    """Gaps and freshness per symbol against the market calendar, for days that have ended or begun."""
+    # Only candles that have closed by now can be expected (and final).
+    end = min(pd.Timestamp(window.end_ts), now.floor(timeframes.pandas_freq(feed.timeframe)))
+    start = pd.Timestamp(window.start_ts)
+    out: dict[str, dict[str, Any]] = {}
+    symbols = feed.symbol_keys
+    for key in window.symbol_keys:
+        rows = data.loc[data["symbol"] == symbols[key], "ts"] if len(data) else data["ts"]
+        final_rows = rows[data.loc[rows.index, "is_final"]] if len(rows) else rows
+        if end <= start:
+            out[key] = {"missing": 0, "segments": 0, "expected": 0, "present": 0, "by_day": {},
+                        "segment_list": [], "last": None, "stale": None}
+            continue
+        gaps = find_gaps(final_rows, feed.asset_class, feed.timeframe, start, end)
+        seg = gaps.segments
+        expected_index = _expected(feed, start, end)
+        last_expected = expected_index.max() if len(expected_index) else None
+        last_present = final_rows.max() if len(final_rows) else None
+        stale = None
+        if last_expected is not None and (last_present is None or last_present < last_expected):
+            stale = {"last_expected": str(last_expected), "last_present": str(last_present)}
+        out[key] = {
+            "missing": int(gaps.missing),
+            "segments": len(seg),
+            "expected": int(gaps.expected),
+            "present": int(gaps.present),
+            "by_day": missing_by_day(expected_index, final_rows, key),
+            "segment_list": [
+                {"start": str(r.start), "end": str(r.end), "missing": int(r.missing)} for r in seg.itertuples()
+            ],
+            "last": str(last_present) if last_present is not None else None,
+            "stale": stale,
+        }
+    return out
+
+
+def _expected(feed: FeedConfig, start: pd.Timestamp, end: pd.Timestamp) -> pd.DatetimeIndex:
+    return expected_grid(feed.asset_class, feed.timeframe, start, end)
+
+
+def _scalar_metadata(md: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in md.items():
+        if isinstance(v, bool) or isinstance(v, int):
+            out[k] = dg.MetadataValue.int(int(v))
+        elif isinstance(v, float):
+            out[k] = dg.MetadataValue.float(v)
+        elif isinstance(v, str):
+            out[k] = dg.MetadataValue.text(v)
+        else:
+            out[k] = dg.MetadataValue.json(_jsonable(v))
+    return out
+
+
+def _jsonable(v: Any) -> Any:
+    return json.loads(json.dumps(v, default=str))

@@ -1,0 +1,114 @@
+"""Partitions: UTC day x symbol per feed, and the mappings of assets that read other days.
+
+Why a StaticPartitionsDefinition for symbols: Dagster's database IO managers fail on dynamic partitions
+(dagster issue #32631), and the symbol list is config anyway. Multi-partition keys sort dimensions by
+name, so keys read `2024-01-05|BTCUSDT`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+
+import dagster as dg
+
+from data_puller_dagster import timeframes
+from data_puller_dagster.config import FeedConfig
+from data_puller_dagster.symbols import check_key
+
+DATE_DIM = "date"
+SYMBOL_DIM = "symbol"
+
+# Trading days per calendar day: crypto 7/7, forex 5/7, exchange-traded ~252/365.
+_DAY_SHARE = {"crypto": 1.0, "forex": 5 / 7, "equity": 252 / 365, "commodity": 252 / 365, "index": 252 / 365}
+_SESSION_SECONDS = 6.5 * 3600  # NYSE regular session
+
+
+def feed_partitions(feed: FeedConfig) -> dg.MultiPartitionsDefinition:
+    end = (feed.end_date + timedelta(days=1)).isoformat() if feed.end_date else None
+    return dg.MultiPartitionsDefinition(
+        {
+            DATE_DIM: dg.DailyPartitionsDefinition(start_date=feed.start_date.isoformat(), end_date=end),
+            SYMBOL_DIM: dg.StaticPartitionsDefinition(list(feed.symbol_keys)),
+        }
+    )
+
+
+def days_for_candles(asset_class: str, timeframe: str, candles: int) -> int:
+    """Whole day partitions that hold at least `candles` candles of `timeframe` for this market.
+
+    Indicator warm-up is expressed in candles; partitions are days. Closed markets (weekends, nights,
+    holidays) mean fewer candles per day, so the offset is scaled by how much the market trades, plus
+    a margin for long weekends and holiday runs next to the window.
+    """
+    if candles <= 0:
+        return 0
+    per_trading_day = timeframes.candles_per_day(timeframe)
+    if asset_class in ("equity", "commodity", "index") and timeframe != "1d":
+        per_trading_day = max(math.floor(_SESSION_SECONDS / timeframes.seconds(timeframe)), 1)
+    per_calendar_day = per_trading_day * _DAY_SHARE[asset_class]
+    return math.ceil(candles / per_calendar_day) + 4
+
+
+def window_mapping(days_before: int, days_after: int = 0) -> dg.MultiPartitionMapping:
+    """Same symbol, dates [D - days_before, D + days_after]. Both dimensions are mapped explicitly:
+    an unmapped symbol dimension would mean "all symbols"."""
+    return dg.MultiPartitionMapping(
+        {
+            DATE_DIM: dg.DimensionPartitionMapping(
+                DATE_DIM,
+                dg.TimeWindowPartitionMapping(
+                    start_offset=-days_before,
+                    end_offset=days_after,
+                    allow_nonexistent_upstream_partitions=True,
+                ),
+            ),
+            SYMBOL_DIM: dg.DimensionPartitionMapping(SYMBOL_DIM, dg.IdentityPartitionMapping()),
+        }
+    )
+
+
+@dataclass(frozen=True)
+class PartitionWindow:
+    """The UTC days and symbol keys a run materializes (one symbol per run in backfills)."""
+
+    start: date  # inclusive
+    end: date  # inclusive
+    symbol_keys: tuple[str, ...]
+
+    @property
+    def start_ts(self) -> datetime:
+        return datetime.combine(self.start, time(0), tzinfo=UTC)
+
+    @property
+    def end_ts(self) -> datetime:
+        """Exclusive end: midnight after the last day."""
+        return datetime.combine(self.end + timedelta(days=1), time(0), tzinfo=UTC)
+
+    @property
+    def days(self) -> int:
+        return (self.end - self.start).days + 1
+
+
+def window_from_keys(keys: list[str] | list[dg.MultiPartitionKey]) -> PartitionWindow:
+    """Collapse multi-partition keys (`date|symbol`) into a date range and a symbol set."""
+    dates: set[str] = set()
+    symbols: set[str] = set()
+    for k in keys:
+        dims = k.keys_by_dimension if isinstance(k, dg.MultiPartitionKey) else _split(str(k))
+        dates.add(dims[DATE_DIM])
+        symbols.add(check_key(dims[SYMBOL_DIM]))
+    if not dates:
+        raise ValueError("this asset is partitioned by date x symbol; launch it for a partition or a range")
+    parsed = sorted(date.fromisoformat(d) for d in dates)
+    return PartitionWindow(parsed[0], parsed[-1], tuple(sorted(symbols)))
+
+
+def _split(key: str) -> dict[str, str]:
+    d, _, s = key.partition("|")
+    return {DATE_DIM: d, SYMBOL_DIM: s}
+
+
+def context_window(context: dg.AssetExecutionContext) -> PartitionWindow:
+    return window_from_keys(list(context.partition_keys))

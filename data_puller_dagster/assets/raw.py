@@ -1,0 +1,63 @@
+"""`<feed>/raw_ohlcv_<tf>`: exactly what the provider returned, for audit and replay."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pandas as pd
+
+from data_puller_dagster.assets.metadata import frame_metadata
+from data_puller_dagster.assets.naming import asset_key, table_metadata
+from data_puller_dagster.assets.partitions import context_window, feed_partitions
+from data_puller_dagster.config import AppConfig, FeedConfig
+from data_puller_dagster.sources import build_adapter, raw_empty
+
+CODE_VERSION = "raw-1"
+
+
+def provider_of(feed: FeedConfig) -> str:
+    """Pool and run-tag value that bounds concurrent calls to one provider."""
+    return feed.source
+
+
+def build_raw_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition:
+    tf = feed.timeframe
+    key = asset_key(feed, "raw", tf)
+
+    @dg.asset(
+        key=key,
+        partitions_def=feed_partitions(feed),
+        group_name=feed.name,
+        kinds={"python", "pandas", feed.source},
+        code_version=CODE_VERSION,
+        description=(
+            f"{feed.asset_class} {tf} candles from {feed.source} for the partition's UTC day(s), exactly "
+            "as the provider sent them plus provenance columns (ts, symbol, timeframe, source, fetched_at)."
+        ),
+        metadata=table_metadata(feed, "raw", tf),
+        pool=provider_of(feed),
+        retry_policy=dg.RetryPolicy(
+            max_retries=cfg.runs.retry_max,
+            delay=cfg.runs.retry_delay_seconds,
+            backoff=dg.Backoff.EXPONENTIAL,
+            jitter=dg.Jitter.PLUS_MINUS,
+        ),
+        backfill_policy=dg.BackfillPolicy.multi_run(cfg.runs.max_partitions_per_run),
+    )
+    def raw(context: dg.AssetExecutionContext) -> dg.Output[pd.DataFrame]:
+        window = context_window(context)
+        symbols = feed.symbol_keys
+        adapter = build_adapter(cfg, feed)
+        frames = []
+        try:
+            for k in window.symbol_keys:
+                context.log.info(
+                    f"fetching {symbols[k]} {tf} {window.start_ts:%Y-%m-%d} .. {window.end:%Y-%m-%d} "
+                    f"from {feed.source}"
+                )
+                frames.append(adapter.fetch(symbols[k], tf, window.start_ts, window.end_ts))
+        finally:
+            adapter.close()
+        df = pd.concat(frames, ignore_index=True) if frames else raw_empty(feed.source)
+        return dg.Output(df, metadata=frame_metadata(df))
+
+    return raw
