@@ -55,4 +55,19 @@ def build_jobs(cfg: AppConfig) -> list[dg.UnresolvedAssetJobDefinition]:
         jobs.append(pipeline_job(cfg, feed))
         if cfg.dataset.enabled:
             jobs.append(dataset_job(cfg, feed))
+            jobs.append(dataset_files_job(cfg, feed))
     return jobs
+
+
+def dataset_files_job_name(feed: FeedConfig) -> str:
+    return f"{feed.name}_llm_dataset_files"
+
+
+def dataset_files_job(cfg: AppConfig, feed: FeedConfig) -> dg.UnresolvedAssetJobDefinition:
+    """The JSONL files of a feed (unpartitioned): launched by the `<feed>_dataset_files` sensor."""
+    return dg.define_asset_job(
+        dataset_files_job_name(feed),
+        selection=dg.AssetSelection.assets(dataset_files_key(feed)),
+        tags={FEED_TAG: feed.name},
+        description=f"Write the {feed.name} LLM dataset JSONL files and manifest from every built day.",
+    )
