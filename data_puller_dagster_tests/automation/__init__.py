@@ -1,0 +1,1 @@
+"""Tests of the gap-filling sensors (issue 8)."""
