@@ -1,0 +1,182 @@
+"""Parquet destination: a Hive-partitioned lake on a local path or any fsspec URL.
+
+Layout: `<root>/<feed>/<table>/symbol_key=<KEY>/date=<YYYY-MM-DD>/part-0.parquet`, plus
+`<root>/<feed>/<table>/_common_metadata` holding the table's schema.
+
+Why `symbol_key=` and not `symbol=`: the files carry a `symbol` column in display form (`EUR/USD`).
+With a `symbol=EURUSD` directory, DuckDB (`hive_partitioning=true`) and `pyarrow.dataset` silently
+replace the column with the key, and pandas refuses to read the dataset (string vs dictionary merge
+error). A distinct directory name keeps the display symbol intact in all three readers.
+
+Atomicity: every partition file of a write is first written to a dot-prefixed temporary name (ignored
+by pyarrow, pandas and DuckDB's `*.parquet` glob); only when all of them are written are they renamed
+into place and the slice's partitions without rows deleted. A write that fails while serializing leaves
+every old partition untouched; on a local disk each rename is atomic, on object stores each object PUT
+is.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import date
+from typing import Any
+
+import fsspec
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from data_puller_dagster.io.errors import SchemaDriftError
+from data_puller_dagster.io.frames import (
+    arrow_to_pandas,
+    check_frame,
+    dtype_map,
+    empty_frame,
+    partition_indices,
+    redact_url,
+    restore_dtypes,
+)
+from data_puller_dagster.io.tables import PartitionSlice, TableRef
+
+SYMBOL_DIR = "symbol_key"
+DATE_DIR = "date"
+FILE_NAME = "part-0.parquet"
+SCHEMA_FILE = "_common_metadata"
+DTYPES_KEY = b"data_puller/dtypes"
+COMPRESSION = "zstd"
+
+
+def _filesystem(root: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem for the root: native for local paths (fast), fsspec-wrapped otherwise."""
+    fs, path = fsspec.core.url_to_fs(root)
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    if "file" in protocols or "local" in protocols:
+        return pafs.LocalFileSystem(), path.rstrip("/")
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path.rstrip("/")
+
+
+class ParquetDestination:
+    """Hive-partitioned Parquet (zstd), one file per symbol x UTC day."""
+
+    name = "parquet"
+
+    def __init__(self, root: str):
+        self.root = root
+        self.fs, self.base = _filesystem(root)
+
+    # ------------------------------------------------------------------------------------- paths
+    def table_dir(self, table: TableRef) -> str:
+        return f"{self.base}/{table.feed}/{table.name}"
+
+    def partition_file(self, table: TableRef, key: str, day: date) -> str:
+        return f"{self.table_dir(table)}/{SYMBOL_DIR}={key}/{DATE_DIR}={day.isoformat()}/{FILE_NAME}"
+
+    def glob(self, table: TableRef) -> str:
+        """The pattern analysts pass to duckdb.read_parquet (local roots only)."""
+        return f"{self.table_dir(table)}/**/*.parquet"
+
+    # ------------------------------------------------------------------------------------- write
+    def write(self, table: TableRef, df: pd.DataFrame, part: PartitionSlice) -> dict[str, Any]:
+        df = check_frame(table, df, part)
+        arrow = pa.Table.from_pandas(df, preserve_index=False)
+        # Keep pandas' own metadata (pd.read_parquet restores Int64/string from it) and add ours.
+        meta = {**(arrow.schema.metadata or {}), DTYPES_KEY: json.dumps(dtype_map(df)).encode()}
+        arrow = arrow.replace_schema_metadata(meta)
+        self._check_schema(table, arrow.schema)
+
+        groups = partition_indices(df, part)
+        token = uuid.uuid4().hex[:12]
+        staged: list[tuple[str, str]] = []
+        try:
+            for (key, day), idx in groups.items():
+                final = self.partition_file(table, key, day)
+                tmp = final.rsplit("/", 1)[0] + f"/.{FILE_NAME}.{token}.tmp"
+                self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+                chunk = arrow if len(groups) == 1 else arrow.take(pa.array(idx))
+                pq.write_table(chunk, tmp, filesystem=self.fs, compression=COMPRESSION)
+                staged.append((tmp, final))
+        except BaseException:
+            for tmp, _ in staged:
+                self._delete_quietly(tmp)
+            raise
+        for tmp, final in staged:
+            self.fs.move(tmp, final)
+        emptied = 0
+        for key in part.keys:
+            for day in part.dates:
+                if (key, day) not in groups and self._delete_quietly(self.partition_file(table, key, day)):
+                    emptied += 1
+        return {
+            "rows": len(df),
+            "files": len(staged),
+            "emptied_partitions": emptied,
+            "location": redact_url(f"{self.root.rstrip('/')}/{table.feed}/{table.name}"),
+        }
+
+    def _check_schema(self, table: TableRef, schema: pa.Schema) -> None:
+        """Stable column types across partitions: the first write fixes the table's schema."""
+        path = f"{self.table_dir(table)}/{SCHEMA_FILE}"
+        existing = self._read_schema(table)
+        if existing is None:
+            self.fs.create_dir(self.table_dir(table), recursive=True)
+            tmp = f"{self.table_dir(table)}/.{SCHEMA_FILE}.{uuid.uuid4().hex[:12]}.tmp"
+            pq.write_metadata(schema, tmp, filesystem=self.fs)
+            self.fs.move(tmp, path)
+            return
+        old = _dtypes_of(existing)
+        new = _dtypes_of(schema)
+        if old != new:
+            added = sorted(set(new) - set(old))
+            removed = sorted(set(old) - set(new))
+            changed = sorted(c for c in set(old) & set(new) if old[c] != new[c])
+            raise SchemaDriftError(
+                f"parquet table {table.qualified} at {redact_url(self.root)}: the frame's columns differ from "
+                f"the stored schema (added {added}, removed {removed}, "
+                f"changed {[f'{c}: {old[c]} -> {new[c]}' for c in changed]}); keep the schema stable or "
+                f"move the old table away (delete {table.feed}/{table.name}) and rematerialize"
+            )
+
+    def _read_schema(self, table: TableRef) -> pa.Schema | None:
+        path = f"{self.table_dir(table)}/{SCHEMA_FILE}"
+        if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return None
+        return pq.read_schema(path, filesystem=self.fs)
+
+    def _delete_quietly(self, path: str) -> bool:
+        if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return False
+        self.fs.delete_file(path)
+        return True
+
+    # -------------------------------------------------------------------------------------- read
+    def read(self, table: TableRef, part: PartitionSlice) -> pd.DataFrame:
+        """One dataset scan over the table, pruned to the slice's partitions by their directory names."""
+        schema = self._read_schema(table)
+        if schema is None:
+            return pd.DataFrame()
+        dtypes = _dtypes_of(schema)
+        columns = list(dtypes)
+        partitioning = ds.partitioning(pa.schema([(SYMBOL_DIR, pa.string()), (DATE_DIR, pa.string())]), flavor="hive")
+        full = pa.schema([*schema, pa.field(SYMBOL_DIR, pa.string()), pa.field(DATE_DIR, pa.string())])
+        dataset = ds.dataset(
+            self.table_dir(table), filesystem=self.fs, format="parquet", partitioning=partitioning, schema=full
+        )
+        flt = (
+            ds.field(SYMBOL_DIR).isin(part.keys)
+            & (ds.field(DATE_DIR) >= part.start.isoformat())
+            & (ds.field(DATE_DIR) <= part.end.isoformat())
+        )
+        arrow = dataset.to_table(columns=columns, filter=flt)
+        if arrow.num_rows == 0:
+            return empty_frame(dtypes)
+        return restore_dtypes(arrow_to_pandas(arrow), dtypes)
+
+
+def _dtypes_of(schema: pa.Schema) -> dict[str, str]:
+    meta = schema.metadata or {}
+    if DTYPES_KEY in meta:
+        return json.loads(meta[DTYPES_KEY])
+    return {f.name: str(f.type.to_pandas_dtype()) for f in schema}  # pragma: no cover - foreign files
