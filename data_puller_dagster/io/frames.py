@@ -36,9 +36,13 @@ def check_frame(table: TableRef, df: pd.DataFrame, part: PartitionSlice) -> pd.D
         raise FrameContractError(f"{where}: expected a pandas DataFrame, got {type(df).__name__}")
     missing = [c for c in ("symbol", "ts") if c not in df.columns]
     if missing:
-        raise FrameContractError(f"{where}: frame lacks column(s) {missing}; every stored frame needs symbol and ts")
+        raise FrameContractError(
+            f"{where}: frame lacks column(s) {missing}; every stored frame needs symbol and ts"
+        )
     if df.columns.duplicated().any():
-        raise FrameContractError(f"{where}: duplicated column names {sorted(df.columns[df.columns.duplicated()])}")
+        raise FrameContractError(
+            f"{where}: duplicated column names {sorted(df.columns[df.columns.duplicated()])}"
+        )
     for c in df.columns:
         try:
             check_name(str(c), "column name")
@@ -177,7 +181,9 @@ def dtype_kind(dtype: object, where: str = "") -> str:
     """The storage kind of a pandas dtype; raises FrameContractError for dtypes no store round-trips."""
     if isinstance(dtype, pd.DatetimeTZDtype):
         if str(dtype.tz) != "UTC":
-            raise FrameContractError(f"{where}: timestamps must be UTC, got {dtype}; use .dt.tz_convert('UTC')")
+            raise FrameContractError(
+                f"{where}: timestamps must be UTC, got {dtype}; use .dt.tz_convert('UTC')"
+            )
         return "tz"
     if pd.api.types.is_datetime64_dtype(dtype):
         return "naive"
@@ -198,3 +204,15 @@ def dtype_kind(dtype: object, where: str = "") -> str:
 def sql_type(dtype: object, dialect: str, where: str = "") -> str:
     duck, pg = _SQL_TYPES[dtype_kind(dtype, where)]
     return duck if dialect == "duckdb" else pg
+
+
+def drift_message(store: str, table: TableRef, have: dict[str, str], want: dict[str, str]) -> str:
+    """Name exactly which columns were added, removed or changed type."""
+    added = sorted(set(want) - set(have))
+    removed = sorted(set(have) - set(want))
+    changed = [f"{c}: {have[c]} -> {want[c]}" for c in sorted(set(have) & set(want)) if have[c] != want[c]]
+    return (
+        f"{store} table {table.qualified}: the frame's columns differ from the existing table "
+        f"(added {added}, removed {removed}, changed type {changed}); keep the schema stable, or drop/rename "
+        f"the table {table.qualified} and rematerialize its partitions"
+    )

@@ -37,7 +37,9 @@ def candles(symbol: str, start: date, days: int, *, seed_offset: int = 0) -> pd.
     # Re-base the real series onto the requested days, keeping its own gaps (weekends).
     shift = pd.Timestamp(start, tz="UTC") - raw.index[0].normalize() - pd.Timedelta(days=seed_offset)
     ts = raw.index + shift
-    keep = (ts >= pd.Timestamp(start, tz="UTC")) & (ts < pd.Timestamp(start, tz="UTC") + pd.Timedelta(days=days))
+    keep = (ts >= pd.Timestamp(start, tz="UTC")) & (
+        ts < pd.Timestamp(start, tz="UTC") + pd.Timedelta(days=days)
+    )
     sel = raw[keep]
     volume = sel["Volume"].to_numpy(dtype="float64")
     df = pd.DataFrame(

@@ -33,6 +33,7 @@ from data_puller_dagster.io.errors import SchemaDriftError
 from data_puller_dagster.io.frames import (
     arrow_to_pandas,
     check_frame,
+    drift_message,
     dtype_map,
     empty_frame,
     partition_indices,
@@ -118,26 +119,23 @@ class ParquetDestination:
 
     def _check_schema(self, table: TableRef, schema: pa.Schema) -> None:
         """Stable column types across partitions: the first write fixes the table's schema."""
-        path = f"{self.table_dir(table)}/{SCHEMA_FILE}"
         existing = self._read_schema(table)
         if existing is None:
-            self.fs.create_dir(self.table_dir(table), recursive=True)
-            tmp = f"{self.table_dir(table)}/.{SCHEMA_FILE}.{uuid.uuid4().hex[:12]}.tmp"
-            pq.write_metadata(schema, tmp, filesystem=self.fs)
-            self.fs.move(tmp, path)
+            self._write_schema(table, schema)
             return
-        old = _dtypes_of(existing)
-        new = _dtypes_of(schema)
-        if old != new:
-            added = sorted(set(new) - set(old))
-            removed = sorted(set(old) - set(new))
-            changed = sorted(c for c in set(old) & set(new) if old[c] != new[c])
-            raise SchemaDriftError(
-                f"parquet table {table.qualified} at {redact_url(self.root)}: the frame's columns differ from "
-                f"the stored schema (added {added}, removed {removed}, "
-                f"changed {[f'{c}: {old[c]} -> {new[c]}' for c in changed]}); keep the schema stable or "
-                f"move the old table away (delete {table.feed}/{table.name}) and rematerialize"
-            )
+        have = {f.name: str(f.type) for f in existing}
+        want = {f.name: str(f.type) for f in schema}
+        if have != want:
+            raise SchemaDriftError(drift_message(f"parquet (at {redact_url(self.root)})", table, have, want))
+        if _dtypes_of(existing) != _dtypes_of(schema):
+            # Same Arrow types, different pandas flavour (object vs string): the latest wins.
+            self._write_schema(table, schema)
+
+    def _write_schema(self, table: TableRef, schema: pa.Schema) -> None:
+        self.fs.create_dir(self.table_dir(table), recursive=True)
+        tmp = f"{self.table_dir(table)}/.{SCHEMA_FILE}.{uuid.uuid4().hex[:12]}.tmp"
+        pq.write_metadata(schema, tmp, filesystem=self.fs)
+        self.fs.move(tmp, f"{self.table_dir(table)}/{SCHEMA_FILE}")
 
     def _read_schema(self, table: TableRef) -> pa.Schema | None:
         path = f"{self.table_dir(table)}/{SCHEMA_FILE}"
@@ -159,10 +157,16 @@ class ParquetDestination:
             return pd.DataFrame()
         dtypes = _dtypes_of(schema)
         columns = list(dtypes)
-        partitioning = ds.partitioning(pa.schema([(SYMBOL_DIR, pa.string()), (DATE_DIR, pa.string())]), flavor="hive")
+        partitioning = ds.partitioning(
+            pa.schema([(SYMBOL_DIR, pa.string()), (DATE_DIR, pa.string())]), flavor="hive"
+        )
         full = pa.schema([*schema, pa.field(SYMBOL_DIR, pa.string()), pa.field(DATE_DIR, pa.string())])
         dataset = ds.dataset(
-            self.table_dir(table), filesystem=self.fs, format="parquet", partitioning=partitioning, schema=full
+            self.table_dir(table),
+            filesystem=self.fs,
+            format="parquet",
+            partitioning=partitioning,
+            schema=full,
         )
         flt = (
             ds.field(SYMBOL_DIR).isin(part.keys)
