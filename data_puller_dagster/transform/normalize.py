@@ -1,0 +1,386 @@
+"""Normalize: any adapter's raw frame -> the canonical table, a quarantine table and a report.
+
+Why it is built like this:
+
+- **Nothing disappears silently.** Every input row ends in exactly one place: the output, the
+  quarantine (with the rule it broke), or a *counted* duplicate (identical, conflicting, or a
+  superseded still-open version). `NormalizeReport.accounted()` == `rows_in` always; property tests
+  hold us to it. Bad rows are never "fixed" (no clipping of highs, no guessing of timestamps).
+- **Rules, in order** (a row is quarantined under the first it breaks; `detail` lists all it breaks):
+  `unparseable_ts`, `missing_fetched_at`, `misaligned_ts` (not on the timeframe's grid, see
+  `calendars.on_grid`), `future_ts` (opens after `now`), `timeframe_mismatch` (the raw row says another
+  timeframe), `invalid_symbol`, `unparseable_price` (OHLC missing, non-numeric or non-finite),
+  `nonpositive_price`, `high_below_low`, `high_below_open_close`, `low_above_open_close`,
+  `negative_volume` (volume, quote volume or trades < 0, or unparseable when present).
+- **Duplicates** are rows with the same (symbol, timeframe, ts). The most recently fetched row wins
+  (ties: the later row of the input). A dropped row equal to the winner in every value is an identical
+  duplicate; one that differs is a conflict (recorded in the report and in `NormalizeResult.conflicts`),
+  unless it was a still-open version of the candle that a later fetch replaced (`superseded_open`,
+  the normal life of the current candle, not a data problem).
+- **Still-open candles are kept, flagged `is_final=False`.** A candle is final when it was fetched at
+  or after its close (open time + timeframe; for equity daily bars that is conservative, 24 h after
+  the session date). Keeping them lets "latest" views show the forming candle; every consumer that
+  needs final data filters on `is_final`, and the next fetch supersedes it.
+- **Zero-trade candles** (Binance: volume 0, O=H=L=C) are real data: kept, counted, and told apart
+  from missing candles by their presence.
+- **Timestamps** become UTC whatever was sent: Binance open times in s/ms/µs/ns (decided per row by
+  magnitude: the archive switched to µs in 2025), Twelve Data strings in `raw_tz` (UTC when the adapter
+  asks for `timezone=UTC`; pass the exchange's zone for exchange-local strings; DST-ambiguous or
+  non-existent local times are unparseable, not guessed).
+- **Vectorized**: every rule is a numpy mask over the whole frame; duplicates are resolved with one
+  lexsort; no Python loop touches candles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from data_puller_dagster import timeframes
+from data_puller_dagster.symbols import SYMBOL_PATTERN
+from data_puller_dagster.transform.calendars import family, on_grid
+from data_puller_dagster.transform.canonical import CANONICAL_COLUMNS, CANONICAL_DTYPES, empty_canonical
+
+QUARANTINE_DTYPES: dict[str, str] = {
+    **CANONICAL_DTYPES,
+    "raw_ts": "string",
+    "rule": "string",
+    "detail": "string",
+}
+QUARANTINE_COLUMNS: list[str] = list(QUARANTINE_DTYPES)
+
+# Rule name -> short human description; order = precedence.
+RULES: dict[str, str] = {
+    "unparseable_ts": "timestamp could not be parsed",
+    "missing_fetched_at": "fetched_at is missing, so finality cannot be known",
+    "misaligned_ts": "timestamp is not on the timeframe grid",
+    "future_ts": "candle opens after the time of normalization",
+    "timeframe_mismatch": "row's timeframe differs from the timeframe being normalized",
+    "invalid_symbol": "symbol is missing or not a valid display symbol",
+    "unparseable_price": "open/high/low/close missing, non-numeric or non-finite",
+    "nonpositive_price": "a price is <= 0",
+    "high_below_low": "high < low",
+    "high_below_open_close": "high < max(open, close)",
+    "low_above_open_close": "low > min(open, close)",
+    "negative_volume": "volume, quote volume or trades negative or unparseable",
+}
+VALUE_COLUMNS = ["open", "high", "low", "close", "volume", "trades", "quote_volume", "source", "is_final"]
+BINANCE_REQUIRED = ("open_time", "open", "high", "low", "close", "volume", "symbol", "fetched_at")
+TWELVEDATA_REQUIRED = ("datetime", "open", "high", "low", "close", "symbol", "fetched_at")
+
+
+class RawFrameError(ValueError):
+    """The raw frame cannot be normalized at all (unknown layout, missing columns, bad arguments)."""
+
+
+@dataclass
+class NormalizeReport:
+    """What normalize did, in counts. `accounted()` always equals `rows_in`."""
+
+    rows_in: int = 0
+    rows_out: int = 0
+    quarantined: int = 0
+    quarantined_by_rule: dict[str, int] = field(default_factory=dict)
+    duplicates_identical: int = 0
+    duplicate_conflicts: int = 0
+    conflict_keys: int = 0
+    superseded_open: int = 0
+    still_open: int = 0
+    zero_trade_candles: int = 0
+    layout: str = ""
+    first_ts: str = ""
+    last_ts: str = ""
+
+    def accounted(self) -> int:
+        """Rows that ended somewhere: output + quarantine + every kind of counted duplicate."""
+        return (
+            self.rows_out
+            + self.quarantined
+            + self.duplicates_identical
+            + self.duplicate_conflicts
+            + self.superseded_open
+        )
+
+    def as_metadata(self) -> dict[str, int | float | str]:
+        """Flat scalars for Dagster metadata (quarantine counts as `quarantined/<rule>`)."""
+        d = asdict(self)
+        by_rule = d.pop("quarantined_by_rule")
+        out: dict[str, int | float | str] = {k: v for k, v in d.items()}
+        out.update({f"quarantined/{k}": int(v) for k, v in by_rule.items()})
+        return out
+
+
+@dataclass
+class NormalizeResult:
+    """`data`: canonical, sorted by (symbol, ts), one row per (symbol, timeframe, ts).
+    `quarantine`: `QUARANTINE_DTYPES` columns. `conflicts`: the losing rows of conflicting duplicates
+    (canonical columns), for audit. `report`: counts."""
+
+    data: pd.DataFrame
+    quarantine: pd.DataFrame
+    conflicts: pd.DataFrame
+    report: NormalizeReport
+
+
+def empty_quarantine() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=d) for c, d in QUARANTINE_DTYPES.items()})
+
+
+# --------------------------------------------------------------------------------------- parsing
+def _to_float(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(values, unparseable mask). Null stays NaN and is *not* unparseable; junk text is."""
+    if pd.api.types.is_float_dtype(s.dtype) or pd.api.types.is_integer_dtype(s.dtype):
+        vals = s.to_numpy(dtype="float64", na_value=np.nan)
+        return vals, np.zeros(len(s), dtype=bool)
+    try:  # fast path: numpy's C string->float on clean columns
+        vals = s.to_numpy(dtype=object).astype(np.float64)
+        return vals, np.zeros(len(s), dtype=bool)
+    except (ValueError, TypeError):
+        pass
+    vals = pd.to_numeric(s, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    bad = np.isnan(vals) & s.notna().to_numpy()
+    return vals, bad
+
+
+def _binance_ts(raw: pd.DataFrame) -> tuple[np.ndarray, pd.Series]:
+    """open_time in s/ms/µs/ns (by magnitude) -> ns int64 (NaT value where unparseable), raw text."""
+    ot = raw["open_time"]
+    if pd.api.types.is_integer_dtype(ot.dtype) and not isinstance(ot.dtype, pd.Int64Dtype):
+        v = ot.to_numpy(dtype="int64")
+        valid = v > 0
+    else:
+        num = pd.to_numeric(ot, errors="coerce").astype("Float64")
+        valid = (num.notna() & (num > 0) & (num == num.round())).fillna(False).to_numpy(dtype=bool)
+        v = np.where(valid, num.fillna(0).to_numpy(dtype="float64"), 0).astype("int64")
+    mult = np.select([v < 10**11, v < 10**14, v < 10**17], [10**9, 10**6, 10**3], 1)
+    with np.errstate(over="ignore"):
+        ns = v * mult
+    valid &= (ns // mult) == v  # overflow guard
+    ns = np.where(valid, ns, np.iinfo("int64").min)
+    return ns, ot.astype("string")
+
+
+def _twelvedata_ts(raw: pd.DataFrame, raw_tz: str) -> tuple[np.ndarray, pd.Series]:
+    """Twelve Data `datetime` strings ("YYYY-MM-DD HH:MM:SS" or "YYYY-MM-DD", in raw_tz) -> UTC ns."""
+    text = raw["datetime"].astype("string")
+    parsed = pd.to_datetime(text, format="%Y-%m-%d %H:%M:%S", errors="coerce")
+    todo = parsed.isna() & text.notna()
+    if todo.any():
+        parsed.loc[todo] = pd.to_datetime(text[todo], format="%Y-%m-%d", errors="coerce")
+    local = parsed.dt.tz_localize(raw_tz, ambiguous="NaT", nonexistent="NaT").dt.tz_convert("UTC")
+    ns = local.to_numpy("datetime64[ns]").view("int64").copy()
+    todo = local.isna() & text.notna()
+    if todo.any():  # explicit offsets ("2023-08-24T11:09:00+00:00") are honoured, never reinterpreted
+        iso = pd.to_datetime(text[todo], format="ISO8601", errors="coerce", utc=True)
+        ns[todo.to_numpy()] = iso.to_numpy("datetime64[ns]").view("int64")
+    return ns, text
+
+
+def _utc_col(raw: pd.DataFrame, col: str) -> pd.Series:
+    s = raw[col]
+    if not isinstance(s.dtype, pd.DatetimeTZDtype):
+        s = pd.to_datetime(s, errors="coerce", utc=True)
+    return s.dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
+
+
+def _layout(raw: pd.DataFrame) -> str:
+    if "open_time" in raw.columns:
+        layout, required = "binance", BINANCE_REQUIRED
+    elif "datetime" in raw.columns:
+        layout, required = "twelvedata", TWELVEDATA_REQUIRED
+    else:
+        raise RawFrameError(
+            "raw frame has neither `open_time` (Binance layout) nor `datetime` (Twelve Data layout); "
+            f"columns were {list(raw.columns)}; pass the adapter's raw frame unchanged"
+        )
+    missing = [c for c in required if c not in raw.columns]
+    if missing:
+        raise RawFrameError(f"raw {layout} frame lacks columns {missing}; the adapter must provide {list(required)}")
+    return layout
+
+
+# ------------------------------------------------------------------------------------------ main
+def normalize(
+    raw: pd.DataFrame,
+    *,
+    asset_class: str,
+    timeframe: str,
+    now: pd.Timestamp | None = None,
+    raw_tz: str = "UTC",
+) -> NormalizeResult:
+    """Turn one adapter's raw frame (one or many symbols, one timeframe) into canonical candles.
+
+    `now` (default: the current time) only bounds `future_ts`; finality comes from each row's own
+    `fetched_at`. See the module docstring for every rule.
+    """
+    timeframes.check_timeframe(timeframe)
+    family(asset_class)  # raises on an unknown asset class
+    now = pd.Timestamp.now(tz="UTC") if now is None else pd.Timestamp(now)
+    now = now.tz_localize("UTC") if now.tzinfo is None else now.tz_convert("UTC")
+    report = NormalizeReport(rows_in=len(raw))
+    if len(raw) == 0 and len(raw.columns) == 0:
+        return NormalizeResult(empty_canonical(), empty_quarantine(), empty_canonical(), report)
+    layout = _layout(raw)
+    report.layout = layout
+    raw = raw.reset_index(drop=True)
+    n = len(raw)
+
+    if layout == "binance":
+        ts_ns, raw_ts = _binance_ts(raw)
+    else:
+        ts_ns, raw_ts = _twelvedata_ts(raw, raw_tz)
+    ts = pd.Series(ts_ns.view("datetime64[ns]"), dtype="datetime64[ns]").dt.tz_localize("UTC")
+    ts_ok = ~ts.isna().to_numpy()
+
+    prices = {}
+    bad_price = np.zeros(n, dtype=bool)
+    for c in ("open", "high", "low", "close"):
+        prices[c], bad = _to_float(raw[c])
+        bad_price |= bad | ~np.isfinite(prices[c])
+    volume, bad_vol = (
+        _to_float(raw["volume"]) if "volume" in raw.columns else (np.full(n, np.nan), np.zeros(n, dtype=bool))
+    )
+    if "quote_volume" in raw.columns:
+        quote_volume, bad_qv = _to_float(raw["quote_volume"])
+    else:
+        quote_volume, bad_qv = np.full(n, np.nan), np.zeros(n, dtype=bool)
+    if "trades" in raw.columns:
+        trades = pd.to_numeric(raw["trades"], errors="coerce").astype("Float64").round().astype("Int64")
+        bad_trades = (trades.isna() & raw["trades"].notna()).to_numpy()
+    else:
+        trades = pd.Series(pd.NA, index=raw.index, dtype="Int64")
+        bad_trades = np.zeros(n, dtype=bool)
+
+    fetched_at = _utc_col(raw, "fetched_at")
+    step = pd.Timedelta(seconds=timeframes.seconds(timeframe))
+    is_final = (fetched_at >= ts + step).fillna(False).to_numpy(dtype=bool)
+    symbol = raw["symbol"].astype("string")
+    source = raw["source"].astype("string") if "source" in raw.columns else pd.Series(layout, index=raw.index, dtype="string")
+
+    o, h, lo, c = prices["open"], prices["high"], prices["low"], prices["close"]
+    with np.errstate(invalid="ignore"):
+        sym_uniq = pd.unique(symbol.dropna())
+        good_syms = [s for s in sym_uniq if SYMBOL_PATTERN.match(str(s))]
+        masks: dict[str, np.ndarray] = {
+            "unparseable_ts": ~ts_ok,
+            "missing_fetched_at": fetched_at.isna().to_numpy(),
+            "misaligned_ts": ts_ok & ~on_grid(ts, asset_class, timeframe),
+            "future_ts": ts_ok & (ts > now).fillna(False).to_numpy(dtype=bool),
+            "timeframe_mismatch": (
+                (raw["timeframe"].astype("string") != timeframe).fillna(False).to_numpy(dtype=bool)
+                if "timeframe" in raw.columns
+                else np.zeros(n, dtype=bool)
+            ),
+            "invalid_symbol": ~symbol.isin(good_syms).to_numpy(dtype=bool),
+            "unparseable_price": bad_price,
+            "nonpositive_price": ~bad_price & ((o <= 0) | (h <= 0) | (lo <= 0) | (c <= 0)),
+            "high_below_low": h < lo,
+            "high_below_open_close": h < np.maximum(o, c),
+            "low_above_open_close": lo > np.minimum(o, c),
+            "negative_volume": bad_vol | bad_qv | bad_trades | (volume < 0) | (quote_volume < 0)
+            | (trades < 0).fillna(False).to_numpy(dtype=bool),
+        }
+    failed = np.zeros(n, dtype=bool)
+    rule = np.full(n, "", dtype=object)
+    for name, m in masks.items():  # a loop over the ~12 rules; each step is one vectorized mask
+        first = m & ~failed
+        rule[first] = name
+        failed |= m
+
+    frame = pd.DataFrame(
+        {
+            "ts": ts,
+            "symbol": symbol,
+            "asset_class": pd.Series(asset_class, index=raw.index, dtype="string"),
+            "timeframe": pd.Series(timeframe, index=raw.index, dtype="string"),
+            "source": source,
+            "open": o,
+            "high": h,
+            "low": lo,
+            "close": c,
+            "volume": volume,
+            "trades": trades,
+            "quote_volume": quote_volume,
+            "fetched_at": fetched_at,
+            "is_final": is_final,
+        }
+    )
+
+    quarantine = _quarantine(frame, raw_ts, rule, masks, failed)
+    report.quarantined = len(quarantine)
+    report.quarantined_by_rule = {k: int(v) for k, v in quarantine["rule"].value_counts().items()}
+
+    data, conflicts = _deduplicate(frame[~failed], report)
+    report.rows_out = len(data)
+    report.still_open = int((~data["is_final"]).sum())
+    zero = (data["volume"] == 0) | (data["trades"] == 0).fillna(False)
+    report.zero_trade_candles = int(zero.sum())
+    if len(data):
+        report.first_ts, report.last_ts = str(data["ts"].min()), str(data["ts"].max())
+    return NormalizeResult(data=data, quarantine=quarantine, conflicts=conflicts, report=report)
+
+
+def _quarantine(
+    frame: pd.DataFrame,
+    raw_ts: pd.Series,
+    rule: np.ndarray,
+    masks: dict[str, np.ndarray],
+    failed: np.ndarray,
+) -> pd.DataFrame:
+    """Failed rows with their first rule and a detail listing every rule they break."""
+    if not failed.any():
+        return empty_quarantine()
+    q = frame[failed].copy()
+    q["raw_ts"] = raw_ts[failed].to_numpy()
+    q["rule"] = rule[failed]
+    detail = pd.Series("", index=q.index, dtype=object)
+    for name, m in masks.items():  # loop over rules, vectorized over the (few) failed rows
+        sub = m[failed]
+        if sub.any():
+            text = RULES[name]
+            detail[sub] = np.where(detail[sub] == "", text, detail[sub] + "; " + text)
+    values = (
+        " [open=" + q["open"].astype(str) + " high=" + q["high"].astype(str) + " low=" + q["low"].astype(str)
+        + " close=" + q["close"].astype(str) + " volume=" + q["volume"].astype(str) + "]"
+    )
+    q["detail"] = detail + values
+    return q[QUARANTINE_COLUMNS].astype(QUARANTINE_DTYPES).reset_index(drop=True)
+
+
+def _deduplicate(good: pd.DataFrame, report: NormalizeReport) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Keep the most recently fetched row per (symbol, timeframe, ts); count what was dropped."""
+    if good.empty:
+        return empty_canonical(), empty_canonical()
+    sym_codes, _ = pd.factorize(good["symbol"], sort=True)
+    ts_ns = good["ts"].to_numpy("datetime64[ns]").view("int64")
+    fa_ns = good["fetched_at"].to_numpy("datetime64[ns]").view("int64")
+    order = np.lexsort((np.arange(len(good)), fa_ns, ts_ns, sym_codes))
+    g = good.iloc[order].reset_index(drop=True)
+    sym_s, ts_s = sym_codes[order], ts_ns[order]
+    last_of_key = np.ones(len(g), dtype=bool)
+    last_of_key[:-1] = (sym_s[1:] != sym_s[:-1]) | (ts_s[1:] != ts_s[:-1])
+    if last_of_key.all():
+        return g[CANONICAL_COLUMNS].astype(CANONICAL_DTYPES), empty_canonical()
+
+    winner_pos = np.flatnonzero(last_of_key)
+    row_winner = winner_pos[np.searchsorted(winner_pos, np.arange(len(g)))]
+    losers = np.flatnonzero(~last_of_key)
+    lw = row_winner[losers]
+    same = np.ones(len(losers), dtype=bool)
+    for col in VALUE_COLUMNS:  # loop over columns; each comparison is vectorized over all losers
+        a = g[col].iloc[losers].reset_index(drop=True)
+        b = g[col].iloc[lw].reset_index(drop=True)
+        eq = (a == b).fillna(False).to_numpy(dtype=bool) | (a.isna() & b.isna()).to_numpy()
+        same &= eq
+    was_open = ~g["is_final"].to_numpy()[losers]
+    superseded = ~same & was_open
+    conflict = ~same & ~was_open
+    report.duplicates_identical = int(same.sum())
+    report.superseded_open = int(superseded.sum())
+    report.duplicate_conflicts = int(conflict.sum())
+    report.conflict_keys = int(len(np.unique(lw[conflict])))
+    conflicts = g.iloc[losers[conflict]][CANONICAL_COLUMNS].astype(CANONICAL_DTYPES).reset_index(drop=True)
+    data = g.iloc[winner_pos][CANONICAL_COLUMNS].astype(CANONICAL_DTYPES).reset_index(drop=True)
+    return data, conflicts
