@@ -156,6 +156,9 @@ class FeedConfig(_Model):
     )
     dataset_timeframe: TF | None = Field(None, description="Timeframe of LLM examples; default: base.")
     price_decimals: int | None = Field(None, ge=0, le=12, description="Instrument precision for datasets.")
+    dataset_split: DatasetSplitConfig | None = Field(
+        None, description="Time split for this feed's examples; default: dataset.split."
+    )
 
     @field_validator("name")
     @classmethod
@@ -429,6 +432,9 @@ class AutomationConfig(_Model):
     gap_sensor: GapSensorConfig = Field(default_factory=GapSensorConfig)
 
 
+FeedConfig.model_rebuild()
+
+
 # ---------------------------------------------------------------------------------------------- root
 class AppConfig(_Model):
     """Root of data_puller.yaml."""
@@ -467,6 +473,12 @@ class AppConfig(_Model):
         if self.storage.primary == "postgres" and self.storage.postgres_url is None:
             raise ValueError("storage.primary is 'postgres' but storage.postgres_url is not set")
         return self
+
+    def dataset_for(self, feed: FeedConfig) -> DatasetConfig:
+        """Dataset options as they apply to one feed (its own split dates, if it has them)."""
+        if feed.dataset_split is None:
+            return self.dataset
+        return self.dataset.model_copy(update={"split": feed.dataset_split})
 
     def feed(self, name: str) -> FeedConfig:
         for f in self.feeds:

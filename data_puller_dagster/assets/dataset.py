@@ -80,7 +80,7 @@ def build_dataset_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition
             batch = build_examples(
                 rows,
                 feed=feed,
-                dataset=cfg.dataset,
+                dataset=cfg.dataset_for(feed),
                 indicators=cfg.indicators,
                 start=pd.Timestamp(window.start_ts),
                 end=pd.Timestamp(window.end_ts),
