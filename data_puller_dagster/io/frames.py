@@ -179,6 +179,8 @@ _SQL_TYPES = {
 
 def dtype_kind(dtype: object, where: str = "") -> str:
     """The storage kind of a pandas dtype; raises FrameContractError for dtypes no store round-trips."""
+    if isinstance(dtype, str):
+        dtype = pd.api.types.pandas_dtype(dtype)
     if isinstance(dtype, pd.DatetimeTZDtype):
         if str(dtype.tz) != "UTC":
             raise FrameContractError(

@@ -1,0 +1,192 @@
+"""CSV (backtesting export) and JSONL destinations: one plain file per symbol x UTC day.
+
+Layout: `<root>/<feed>/<table>/<KEY>/<YYYY-MM-DD>.csv` (or `.jsonl`), plus `_dtypes.json` next to the
+symbol folders so a read returns the dtypes that were written. Files are staged under dot-prefixed
+temporary names and renamed into place only once every file of the write is complete (`os.replace`
+is atomic), so readers never see a half-written day and a failed write leaves the old files intact.
+
+Dataset tables (layer `dataset`) carry a `line` column of ready-serialized JSON; the JSONL destination
+writes those lines verbatim, one per row, because re-serializing could change number formatting the
+dataset builder chose on purpose. Such files hold only the lines, so they cannot be read back as a
+table: read datasets from the primary store.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import uuid
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from data_puller_dagster.io.errors import SchemaDriftError, StorageError
+from data_puller_dagster.io.frames import (
+    arrow_to_pandas,
+    check_frame,
+    drift_message,
+    dtype_kind,
+    dtype_map,
+    empty_frame,
+    partition_indices,
+    restore_dtypes,
+)
+from data_puller_dagster.io.tables import PartitionSlice, TableRef
+
+DTYPES_FILE = "_dtypes.json"
+_ARROW_TYPE = {
+    "tz": pa.timestamp("ns", tz="UTC"),
+    "naive": pa.timestamp("ns"),
+    "float": pa.float64(),
+    "int": pa.int64(),
+    "bool": pa.bool_(),
+    "str": pa.string(),
+}
+
+
+class _FileDestination:
+    """Shared staging, renaming and dtype bookkeeping of the per-day file destinations."""
+
+    name = ""
+    suffix = ""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def table_dir(self, table: TableRef) -> Path:
+        return self.root / table.feed / table.name
+
+    def partition_file(self, table: TableRef, key: str, day: date) -> Path:
+        return self.table_dir(table) / key / f"{day.isoformat()}{self.suffix}"
+
+    def _encode(self, table: TableRef, chunk: pd.DataFrame) -> bytes:
+        raise NotImplementedError
+
+    def write(self, table: TableRef, df: pd.DataFrame, part: PartitionSlice) -> dict[str, Any]:
+        df = check_frame(table, df, part)
+        self._check_dtypes(table, df)
+        groups = partition_indices(df, part)
+        token = uuid.uuid4().hex[:12]
+        staged: list[tuple[Path, Path]] = []
+        try:
+            for (key, day), idx in groups.items():
+                final = self.partition_file(table, key, day)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                tmp = final.with_name(f".{final.name}.{token}.tmp")
+                tmp.write_bytes(self._encode(table, df.iloc[idx]))
+                staged.append((tmp, final))
+        except BaseException:
+            for tmp, _ in staged:
+                tmp.unlink(missing_ok=True)
+            raise
+        for tmp, final in staged:
+            os.replace(tmp, final)
+        emptied = 0
+        for key in part.keys:
+            for day in part.dates:
+                f = self.partition_file(table, key, day)
+                if (key, day) not in groups and f.exists():
+                    f.unlink()
+                    emptied += 1
+        return {
+            "rows": len(df),
+            "files": len(staged),
+            "emptied_partitions": emptied,
+            "location": str(self.table_dir(table)),
+        }
+
+    def _check_dtypes(self, table: TableRef, df: pd.DataFrame) -> None:
+        path = self.table_dir(table) / DTYPES_FILE
+        new = dtype_map(df)
+        if path.exists():
+            old = json.loads(path.read_text())
+            have = {c: dtype_kind(t) for c, t in old.items()}
+            want = {c: dtype_kind(t) for c, t in new.items()}
+            if have != want:
+                raise SchemaDriftError(drift_message(f"{self.name} (at {self.root})", table, have, want))
+            if old == new:
+                return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{DTYPES_FILE}.{uuid.uuid4().hex[:12]}.tmp")
+        tmp.write_text(json.dumps(new))
+        os.replace(tmp, path)
+
+    def _files(self, table: TableRef, part: PartitionSlice) -> list[Path]:
+        return [
+            f
+            for key in part.keys
+            for day in part.dates
+            if (f := self.partition_file(table, key, day)).exists()
+        ]
+
+    def _dtypes(self, table: TableRef) -> dict[str, str] | None:
+        path = self.table_dir(table) / DTYPES_FILE
+        return json.loads(path.read_text()) if path.exists() else None
+
+
+class CSVDestination(_FileDestination):
+    """Per-day CSV files with a header; ISO timestamps in UTC, strings quoted, empty field = missing."""
+
+    name = "csv"
+    suffix = ".csv"
+
+    def _encode(self, table: TableRef, chunk: pd.DataFrame) -> bytes:
+        buf = io.BytesIO()
+        pacsv.write_csv(pa.Table.from_pandas(chunk, preserve_index=False), buf)
+        return buf.getvalue()
+
+    def read(self, table: TableRef, part: PartitionSlice) -> pd.DataFrame:
+        dtypes = self._dtypes(table)
+        if dtypes is None:
+            return pd.DataFrame()
+        files = self._files(table, part)
+        if not files:
+            return empty_frame(dtypes)
+        opts = pacsv.ConvertOptions(
+            column_types={c: _ARROW_TYPE[dtype_kind(t)] for c, t in dtypes.items()},
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+        )
+        arrow = pa.concat_tables(pacsv.read_csv(f, convert_options=opts) for f in files)
+        return restore_dtypes(arrow_to_pandas(arrow), dtypes)
+
+
+class JSONLDestination(_FileDestination):
+    """Per-day JSON Lines: one object per row, or the dataset's ready-serialized `line` verbatim."""
+
+    name = "jsonl"
+    suffix = ".jsonl"
+
+    def _encode(self, table: TableRef, chunk: pd.DataFrame) -> bytes:
+        if table.layer == "dataset":
+            if "line" not in chunk.columns:
+                raise StorageError(
+                    f"jsonl: dataset table {table.qualified} has no `line` column of serialized examples; "
+                    "the dataset asset must return one"
+                )
+            return ("\n".join(chunk["line"].astype(str).tolist()) + "\n").encode()
+        return chunk.to_json(
+            orient="records", lines=True, date_format="iso", date_unit="us", double_precision=15
+        ).encode()
+
+    def read(self, table: TableRef, part: PartitionSlice) -> pd.DataFrame:
+        if table.layer == "dataset":
+            raise StorageError(
+                f"jsonl: dataset table {table.qualified} is stored as bare serialized lines and cannot be read "
+                "back as a table; read it from storage.primary (parquet, duckdb or postgres)"
+            )
+        dtypes = self._dtypes(table)
+        if dtypes is None:
+            return pd.DataFrame()
+        files = self._files(table, part)
+        if not files:
+            return empty_frame(dtypes)
+        text = b"".join(f.read_bytes() for f in files)
+        dates = [c for c, t in dtypes.items() if dtype_kind(t) in ("tz", "naive")]
+        raw = pd.read_json(io.BytesIO(text), lines=True, convert_dates=dates, dtype=False)
+        return restore_dtypes(raw, dtypes)
