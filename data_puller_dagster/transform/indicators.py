@@ -212,7 +212,9 @@ def _one_symbol(frame: pd.DataFrame, cfg: IndicatorsConfig) -> dict[str, np.ndar
         signed = np.empty(len(c))
         signed[0:1] = np.nan  # no previous close: direction unknown
         signed[1:] = np.where(c[1:] < c[:-1], -v[1:], v[1:])  # ta's rule: down -> -volume, else +volume
-        cols[f"obv_{OBV_WINDOW}"] = pd.Series(signed).rolling(OBV_WINDOW, min_periods=OBV_WINDOW).sum().to_numpy()
+        cols[f"obv_{OBV_WINDOW}"] = (
+            pd.Series(signed).rolling(OBV_WINDOW, min_periods=OBV_WINDOW).sum().to_numpy()
+        )
     if cfg.stochastic:
         w, s = cfg.stochastic
         so = StochasticOscillator(high, low, close, window=w, smooth_window=s)
