@@ -85,7 +85,7 @@ def pg_schema() -> Iterator[tuple[str, str]]:
     conn = psycopg2.connect(PG_URL)
     conn.autocommit = True
     with conn.cursor() as cur:
-        cur.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", (prefix + "%",))
+        cur.execute("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)", (prefix,))
         for (name,) in cur.fetchall():
             cur.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
     conn.close()

@@ -54,7 +54,7 @@ def test_one_table_to_parquet_duckdb_and_postgres_yields_identical_rows(tmp_path
         tmp_path,
         [{"id": "all", "destinations": ["parquet", "duckdb", "postgres"]}],
         postgres_url=url,
-        postgres_schema_prefix=prefix.rstrip("_"),
+        postgres_schema_prefix=prefix,
     )
     router = Router(cfg)
     df = frame()
