@@ -1,1 +1,39 @@
 """Provider adapters: (symbol, timeframe, UTC range) -> raw DataFrame exactly as the provider sent it."""
+
+from data_puller_dagster.sources.base import (
+    BINANCE_RAW_DTYPES,
+    RAW_DTYPES,
+    TWELVEDATA_RAW_DTYPES,
+    SourceAdapter,
+    build_adapter,
+    raw_empty,
+)
+from data_puller_dagster.sources.errors import (
+    AuthenticationError,
+    ChecksumMismatchError,
+    InvalidRequestError,
+    IpBannedError,
+    LocalDataMissingError,
+    MalformedResponseError,
+    RateLimitedError,
+    SourceError,
+    TransientSourceError,
+)
+
+__all__ = [
+    "BINANCE_RAW_DTYPES",
+    "RAW_DTYPES",
+    "TWELVEDATA_RAW_DTYPES",
+    "AuthenticationError",
+    "ChecksumMismatchError",
+    "InvalidRequestError",
+    "IpBannedError",
+    "LocalDataMissingError",
+    "MalformedResponseError",
+    "RateLimitedError",
+    "SourceError",
+    "SourceAdapter",
+    "TransientSourceError",
+    "build_adapter",
+    "raw_empty",
+]

@@ -1,0 +1,350 @@
+"""Binance spot klines: REST (`GET /api/v3/klines`) and, for published days, the public archive.
+
+Why pages are computed up front and fetched concurrently: a page is ~1000 candles and one round trip,
+so a month of 1m candles is 44 latency-bound requests. Windows of exactly `limit` candles are known
+before the first request, so they can run in parallel (bounded by `max_concurrency` and the shared
+weight budget) and be reassembled in order. Any failed page fails the whole fetch: no silent holes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+import pandas as pd
+import requests
+
+from data_puller_dagster import timeframes
+from data_puller_dagster.sources.base import KLINE_FIELDS, add_provenance, check_range, raw_empty
+from data_puller_dagster.sources.errors import (
+    InvalidRequestError,
+    IpBannedError,
+    MalformedResponseError,
+    SourceError,
+)
+from data_puller_dagster.sources.http import Decision, Done, Fail, HttpClient, Retry, retry_after_seconds
+from data_puller_dagster.sources.ratelimit import MinuteBudget, shared_budget
+
+if TYPE_CHECKING:
+    from data_puller_dagster.config import BinanceSourceConfig
+    from data_puller_dagster.sources.binance_archive import BinanceArchive
+
+log = logging.getLogger("data_puller_dagster.sources")
+
+PROVIDER = "binance"
+KLINES_PATH = "/api/v3/klines"
+KLINES_WEIGHT = 2
+PAGE_LIMIT = 1000
+# Project timeframe -> Binance interval (identical names today; mapped here so that stays one place).
+BINANCE_INTERVALS: dict[str, str] = {tf: tf for tf in timeframes.TIMEFRAMES}
+_MICROS_THRESHOLD = 10**14  # ms epochs have 13 digits until year 5138; µs have 16
+
+
+def _ms(ts: pd.Timestamp) -> int:
+    return int(ts.value // 1_000_000)
+
+
+def _fmt_ms(ms: int) -> str:
+    return pd.Timestamp(ms, unit="ms", tz="UTC").isoformat()
+
+
+def _int_column(values: pd.Series, name: str, what: str) -> np.ndarray:
+    """Strictly integral int64 (no NaN, no fractions); else MalformedResponseError naming the column."""
+    num = pd.to_numeric(values, errors="coerce")
+    arr = num.to_numpy(dtype="float64", na_value=np.nan) if len(num) else np.empty(0)
+    bad = np.isnan(arr) | (arr != np.floor(arr))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise MalformedResponseError(
+            f"{what}: {int(bad.sum())} row(s) have a non-integer {name} (first: {values.iloc[i]!r}); "
+            "the response is not Binance's 12-field kline format",
+            provider=PROVIDER,
+        )
+    # Re-parse as int64 directly to avoid float rounding of 16-digit µs epochs.
+    return pd.to_numeric(values, errors="raise").astype("int64").to_numpy()
+
+
+def klines_frame(
+    rows: pd.DataFrame, symbol: str, timeframe: str, source: str, fetched_at: pd.Timestamp, what: str
+) -> pd.DataFrame:
+    """12 kline columns (any object dtype) -> Binance raw frame. µs epochs are converted to ms."""
+    if rows.shape[1] != len(KLINE_FIELDS):
+        raise MalformedResponseError(
+            f"{what}: kline rows have {rows.shape[1]} fields, expected {len(KLINE_FIELDS)}", provider=PROVIDER
+        )
+    rows.columns = KLINE_FIELDS
+    out = pd.DataFrame(index=pd.RangeIndex(len(rows)))
+    rows = rows.reset_index(drop=True)
+    for c in ("open_time", "close_time", "trades"):
+        out[c] = _int_column(rows[c], c, what)
+    for c in ("open_time", "close_time"):
+        v = out[c].to_numpy()
+        out[c] = np.where(v >= _MICROS_THRESHOLD, v // 1000, v)
+    for c in KLINE_FIELDS:
+        if c not in ("open_time", "close_time", "trades"):
+            out[c] = rows[c].astype("string")
+    out = out[KLINE_FIELDS]
+    ts = pd.Series(pd.to_datetime(out["open_time"].to_numpy(), unit="ms", utc=True))
+    return add_provenance(out, ts, symbol, timeframe, source, fetched_at)
+
+
+def parse_klines_body(
+    body: Any, symbol: str, timeframe: str, fetched_at: pd.Timestamp, what: str
+) -> pd.DataFrame:
+    """A `/api/v3/klines` JSON body (list of 12-field lists) -> Binance raw frame ("binance" source)."""
+    if not isinstance(body, list):
+        raise MalformedResponseError(
+            f"{what}: expected a JSON array of klines, got {type(body).__name__}", provider=PROVIDER
+        )
+    if not body:
+        return raw_empty(PROVIDER)
+    try:
+        rows = pd.DataFrame(body, dtype=object)
+    except (ValueError, TypeError) as e:
+        raise MalformedResponseError(f"{what}: kline rows are not arrays ({e})", provider=PROVIDER) from None
+    if rows.shape[1] != len(KLINE_FIELDS) or rows.isna().to_numpy().any():
+        short = int(rows.isna().any(axis=1).sum()) if rows.shape[1] == len(KLINE_FIELDS) else len(rows)
+        raise MalformedResponseError(
+            f"{what}: {short} kline row(s) do not have the {len(KLINE_FIELDS)} non-null fields of Binance's "
+            "kline format", provider=PROVIDER)  # fmt: skip
+    return klines_frame(rows, symbol, timeframe, "binance", fetched_at, what)
+
+
+def binance_error(resp: requests.Response) -> tuple[int | None, str]:
+    """(code, msg) of a Binance error body `{"code":-1121,"msg":"Invalid symbol."}`, tolerating others."""
+    try:
+        body = orjson.loads(resp.content)
+        if isinstance(body, dict):
+            return body.get("code"), str(body.get("msg", ""))
+    except orjson.JSONDecodeError:
+        pass
+    return None, resp.text[:200]
+
+
+def ban_until(resp: requests.Response, msg: str) -> datetime | None:
+    """When a 418 ban ends: from the body ("IP banned until <ms>") or Retry-After seconds."""
+    import re
+
+    m = re.search(r"until (\d{12,})", msg)
+    if m:
+        return datetime.fromtimestamp(int(m.group(1)) / 1000, UTC)
+    if resp.headers.get("Retry-After") is not None:
+        return datetime.now(UTC) + pd.Timedelta(seconds=retry_after_seconds(resp, 0)).to_pytimedelta()
+    return None
+
+
+class BinanceRest:
+    """Paged, concurrent `/api/v3/klines` over one HTTP session and a shared weight budget."""
+
+    provider = PROVIDER
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 30.0,
+        max_retries: int = 5,
+        max_concurrency: int = 8,
+        budget: MinuteBudget | None = None,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        page_limit: int = PAGE_LIMIT,
+        now: Callable[[], pd.Timestamp] | None = None,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.max_concurrency = max_concurrency
+        self.page_limit = page_limit
+        self.now = now or (lambda: pd.Timestamp.now(tz="UTC"))
+        self.budget = budget
+        self.http = HttpClient(
+            PROVIDER, timeout=timeout, max_retries=max_retries, budget=budget,
+            backoff_base=backoff_base, backoff_max=backoff_max, pool_size=max_concurrency,
+        )  # fmt: skip
+
+    def page_windows(self, timeframe: str, start: pd.Timestamp, end: pd.Timestamp) -> list[tuple[int, int]]:
+        """Inclusive [startTime, endTime] ms windows of `page_limit` candles covering [start, min(end, now))."""
+        step = timeframes.seconds(timeframe) * 1000
+        end_ms = min(_ms(end), _ms(self.now()) + 1)  # never ask past "now" (the open candle is included)
+        first = -(-_ms(start) // step) * step
+        if first >= end_ms:
+            return []
+        span = self.page_limit * step
+        starts = np.arange(first, end_ms, span, dtype="int64")
+        ends = np.minimum(starts + span, end_ms) - 1
+        return list(zip(starts.tolist(), ends.tolist(), strict=True))
+
+    def _classify(self, what: str, symbol: str) -> Callable[[requests.Response], Decision]:
+        def classify(resp: requests.Response) -> Decision:
+            s = resp.status_code
+            if s == 200:
+                try:
+                    return Done(orjson.loads(resp.content))
+                except orjson.JSONDecodeError:
+                    return Fail(
+                        MalformedResponseError(
+                            f"{what}: response is not JSON: {resp.text[:120]!r}",
+                            provider=PROVIDER,
+                            symbol=symbol,
+                        )
+                    )
+            code, msg = binance_error(resp)
+            if s == 418:
+                until = ban_until(resp, msg)
+                if until is not None and self.budget is not None:
+                    self.budget.ban(until.timestamp())
+                return Fail(IpBannedError(
+                    f"{what}: HTTP 418, IP banned until {until.isoformat() if until else 'unknown'} ({msg}); "
+                    "stop all requests to Binance from this IP until then and lower max_concurrency or "
+                    "weight_budget_per_minute", until=until, symbol=symbol))  # fmt: skip
+            if s == 429:
+                return Retry(
+                    f"HTTP 429 ({code}: {msg})", wait=retry_after_seconds(resp, 60.0), rate_limited=True
+                )
+            if s >= 500:
+                return Retry(f"HTTP {s} ({msg[:120]})")
+            hint = {
+                -1121: f"symbol {symbol!r} does not exist on Binance spot; fix the feed's symbols",
+                -1120: "the interval is not accepted; use one of " + ", ".join(BINANCE_INTERVALS),
+            }.get(code or 0, "the request parameters were rejected; check symbol, interval and range")
+            return Fail(
+                InvalidRequestError(
+                    f"{what}: HTTP {s} code {code}: {msg} -> {hint}", provider=PROVIDER, symbol=symbol
+                )
+            )
+
+        return classify
+
+    def _page(
+        self, symbol: str, timeframe: str, ws: int, we: int, cancelled: threading.Event
+    ) -> pd.DataFrame:
+        frames = []
+        step = timeframes.seconds(timeframe) * 1000
+        cursor = ws
+        while cursor <= we:
+            what = f"binance {symbol} {timeframe} {_fmt_ms(cursor)}..{_fmt_ms(we)}"
+            params = {"symbol": symbol, "interval": BINANCE_INTERVALS[timeframe], "startTime": cursor,
+                      "endTime": we, "limit": self.page_limit}  # fmt: skip
+            body = self.http.get(
+                self.base_url + KLINES_PATH, params, what=what, classify=self._classify(what, symbol),
+                cost=KLINES_WEIGHT, cancelled=cancelled,
+            )  # fmt: skip
+            df = parse_klines_body(body, symbol, timeframe, pd.Timestamp.now(tz="UTC"), what)
+            frames.append(df)
+            # A full page may have been capped by the server below our window: continue after its last row.
+            if len(df) < self.page_limit:
+                break
+            cursor = int(df["open_time"].max()) + step
+        return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+    def fetch_range(
+        self, symbol: str, timeframe: str, start: pd.Timestamp, end: pd.Timestamp
+    ) -> pd.DataFrame:
+        windows = self.page_windows(timeframe, start, end)
+        if not windows:
+            return raw_empty(PROVIDER)
+        cancelled = threading.Event()
+        with ThreadPoolExecutor(
+            max_workers=min(self.max_concurrency, len(windows)), thread_name_prefix="binance-page"
+        ) as ex:
+            futures = [ex.submit(self._page, symbol, timeframe, ws, we, cancelled) for ws, we in windows]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [f for f in futures if f.done() and f.exception() is not None]
+            if failed:
+                cancelled.set()
+                for f in futures:
+                    f.cancel()
+                # Report the root cause, not a "cancelled" sibling.
+                errs = [f.exception() for f in failed]
+                root = next((e for e in errs if "cancelled because" not in str(e)), errs[0])
+                raise root  # type: ignore[misc]
+            frames = [f.result() for f in futures]
+        return pd.concat(frames, ignore_index=True)
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class BinanceAdapter:
+    """Binance spot candles: archive days where published (verified), REST for everything else."""
+
+    provider = PROVIDER
+
+    def __init__(self, rest: BinanceRest, archive: BinanceArchive | None = None):
+        self.rest = rest
+        self.archive = archive
+
+    @classmethod
+    def from_config(cls, c: BinanceSourceConfig, **overrides: Any) -> BinanceAdapter:
+        """Adapter from the `sources.binance` config; `overrides` (e.g. backoff_base) go to BinanceRest."""
+        from data_puller_dagster.sources.binance_archive import BinanceArchive
+
+        budget = overrides.pop("budget", None) or shared_budget(
+            PROVIDER, c.base_url,
+            lambda: MinuteBudget(c.weight_budget_per_minute, c.weight_safety_fraction,
+                                 used_header="X-MBX-USED-WEIGHT-1M", provider=PROVIDER),
+        )  # fmt: skip
+        rest = BinanceRest(
+            c.base_url, timeout=c.timeout_seconds, max_retries=c.max_retries, max_concurrency=c.max_concurrency,
+            budget=budget, **overrides,
+        )  # fmt: skip
+        archive = None
+        if c.use_archive:
+            archive = BinanceArchive(
+                c.archive_url, timeout=c.timeout_seconds, max_retries=c.max_retries,
+                max_concurrency=c.max_concurrency, backoff_base=overrides.get("backoff_base", 0.5),
+            )  # fmt: skip
+        return cls(rest, archive)
+
+    def fetch(self, symbol: str, timeframe: str, start: datetime, end: datetime) -> pd.DataFrame:
+        """Raw frame for [start, end): archive days (source binance_archive) + REST for the rest."""
+        s, e = check_range(PROVIDER, symbol, timeframe, start, end)
+        parts: list[pd.DataFrame] = []
+        rest_ranges: list[tuple[pd.Timestamp, pd.Timestamp]] = [(s, e)]
+        if self.archive is not None and e > s:
+            days, found = self.archive.fetch_days(symbol, timeframe, s, e, self.rest.now())
+            parts.extend(found.values())
+            rest_ranges = _uncovered(s, e, sorted(found))
+        for rs, re_ in rest_ranges:
+            parts.append(self.rest.fetch_range(symbol, timeframe, rs, re_))
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return raw_empty(PROVIDER)
+        out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+        return out.sort_values("ts", kind="stable", ignore_index=True)
+
+    def close(self) -> None:
+        self.rest.close()
+        if self.archive is not None:
+            self.archive.close()
+
+
+def _uncovered(
+    start: pd.Timestamp, end: pd.Timestamp, days: list[pd.Timestamp]
+) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
+    """Parts of [start, end) not covered by the whole UTC `days` the archive delivered."""
+    out: list[tuple[pd.Timestamp, pd.Timestamp]] = []
+    cursor = start
+    for d in days:
+        ds, de = max(d, start), min(d + pd.Timedelta(days=1), end)
+        if ds > cursor:
+            out.append((cursor, ds))
+        cursor = max(cursor, de)
+    if cursor < end:
+        out.append((cursor, end))
+    return out
+
+
+__all__ = [
+    "BINANCE_INTERVALS",
+    "BinanceAdapter",
+    "BinanceRest",
+    "SourceError",
+    "klines_frame",
+    "parse_klines_body",
+]

@@ -1,0 +1,126 @@
+"""Per-minute budgets shared by every page request of a process (and by every thread fetching pages).
+
+Why a budget and not a fixed sleep: providers count usage per wall-clock minute (Binance request weight,
+Twelve Data credits). Sleeping a fixed time per request either wastes the budget or overruns it when
+several pages run at once. `MinuteBudget` counts what this process spent in the current minute, raises
+the count to what the provider says was used (Binance `X-MBX-USED-WEIGHT-1M`, which also counts other
+processes on the same IP), and makes callers wait for the next minute before the safety threshold
+would be crossed. A 429's Retry-After or a 418 ban is recorded here too, so every thread backs off,
+not only the one that got the answer.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+
+from data_puller_dagster.sources.errors import IpBannedError
+
+
+class MinuteBudget:
+    """At most `budget * safety_fraction` units per window (a wall-clock minute by default).
+
+    `clock` and `sleep` are injectable and `window_seconds` shrinkable so tests run in milliseconds.
+    """
+
+    def __init__(
+        self,
+        budget: int,
+        safety_fraction: float = 1.0,
+        *,
+        used_header: str | None = None,
+        window_seconds: float = 60.0,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        provider: str = "",
+    ):
+        if budget < 1 or not 0 < safety_fraction <= 1:
+            raise ValueError(
+                f"budget must be >= 1 and 0 < safety_fraction <= 1, got {budget}, {safety_fraction}"
+            )
+        self.budget = budget
+        self.threshold = max(1, int(budget * safety_fraction))
+        self.used_header = used_header
+        self.window = window_seconds
+        self.clock = clock
+        self.sleep = sleep
+        self.provider = provider
+        self._lock = threading.Lock()
+        self._window_id = -1
+        self._used = 0
+        self._paused_until = 0.0
+        self._banned_until: float | None = None
+        self.waited_seconds = 0.0  # total time callers were held back (run metadata, tests)
+
+    def _roll(self, now: float) -> None:
+        wid = int(now // self.window)
+        if wid != self._window_id:
+            self._window_id, self._used = wid, 0
+
+    def acquire(self, cost: int = 1) -> None:
+        """Block until `cost` units fit in the current window; raise if the provider banned us."""
+        while True:
+            with self._lock:
+                now = self.clock()
+                if self._banned_until is not None and now < self._banned_until:
+                    until = datetime.fromtimestamp(self._banned_until, UTC)
+                    raise IpBannedError(
+                        f"{self.provider}: IP banned until {until.isoformat()}; not sending requests before then",
+                        until=until,
+                        provider=self.provider,
+                    )
+                self._roll(now)
+                wait = self._paused_until - now
+                if wait <= 0 and self._used + cost > self.threshold:
+                    wait = (self._window_id + 1) * self.window - now
+                if wait <= 0:
+                    self._used += cost
+                    return
+                self.waited_seconds += wait
+            self.sleep(wait + 0.001)
+
+    def observe(self, headers: Mapping[str, str]) -> None:
+        """Raise this window's count to what the provider reports (it also counts other clients)."""
+        if not self.used_header:
+            return
+        value = headers.get(self.used_header)
+        if value is None:
+            return
+        try:
+            used = int(str(value).strip())
+        except ValueError:
+            return
+        with self._lock:
+            self._roll(self.clock())
+            self._used = max(self._used, used)
+
+    def pause(self, seconds: float) -> None:
+        """Hold every caller for `seconds` (a 429's Retry-After applies to the IP, not one thread)."""
+        with self._lock:
+            self._paused_until = max(self._paused_until, self.clock() + max(0.0, seconds))
+
+    def ban(self, until_epoch: float) -> None:
+        """Refuse every request until `until_epoch` (a 418: more requests would lengthen the ban)."""
+        with self._lock:
+            self._banned_until = max(self._banned_until or 0.0, until_epoch)
+
+    @property
+    def used(self) -> int:
+        with self._lock:
+            self._roll(self.clock())
+            return self._used
+
+
+_SHARED: dict[tuple[str, str], MinuteBudget] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_budget(provider: str, base_url: str, factory: Callable[[], MinuteBudget]) -> MinuteBudget:
+    """One budget per (provider, base URL) per process: adapters are short-lived, quotas are not."""
+    with _SHARED_LOCK:
+        key = (provider, base_url)
+        if key not in _SHARED:
+            _SHARED[key] = factory()
+        return _SHARED[key]
