@@ -159,7 +159,7 @@ def _binance_ts(raw: pd.DataFrame) -> tuple[np.ndarray, pd.Series]:
         ns = v * mult
     valid &= (ns // mult) == v  # overflow guard
     ns = np.where(valid, ns, np.iinfo("int64").min)
-    return ns, ot.astype("string")
+    return ns, ot  # stringified only for quarantined rows
 
 
 def _twelvedata_ts(raw: pd.DataFrame, raw_tz: str) -> tuple[np.ndarray, pd.Series]:
@@ -224,7 +224,8 @@ def normalize(
         return NormalizeResult(empty_canonical(), empty_quarantine(), empty_canonical(), report)
     layout = _layout(raw)
     report.layout = layout
-    raw = raw.reset_index(drop=True)
+    if not isinstance(raw.index, pd.RangeIndex) or raw.index.start != 0 or raw.index.step != 1:
+        raw = raw.reset_index(drop=True)  # positional masks below rely on a 0..n-1 index
     n = len(raw)
 
     if layout == "binance":
@@ -312,7 +313,7 @@ def normalize(
     report.quarantined = len(quarantine)
     report.quarantined_by_rule = {k: int(v) for k, v in quarantine["rule"].value_counts().items()}
 
-    data, conflicts = _deduplicate(frame[~failed], report)
+    data, conflicts = _deduplicate(frame[~failed] if failed.any() else frame, report)
     report.rows_out = len(data)
     report.still_open = int((~data["is_final"]).sum())
     zero = (data["volume"] == 0) | (data["trades"] == 0).fillna(False)
@@ -333,7 +334,7 @@ def _quarantine(
     if not failed.any():
         return empty_quarantine()
     q = frame[failed].copy()
-    q["raw_ts"] = raw_ts[failed].to_numpy()
+    q["raw_ts"] = raw_ts[failed].astype("string").to_numpy()
     q["rule"] = rule[failed]
     detail = pd.Series("", index=q.index, dtype=object)
     for name, m in masks.items():  # loop over rules, vectorized over the (few) failed rows
@@ -357,12 +358,15 @@ def _deduplicate(good: pd.DataFrame, report: NormalizeReport) -> tuple[pd.DataFr
     ts_ns = good["ts"].to_numpy("datetime64[ns]").view("int64")
     fa_ns = good["fetched_at"].to_numpy("datetime64[ns]").view("int64")
     order = np.lexsort((np.arange(len(good)), fa_ns, ts_ns, sym_codes))
-    g = good.iloc[order].reset_index(drop=True)
+    if (np.diff(order) == 1).all():  # already sorted (the usual case): skip a full copy of the frame
+        g = good.reset_index(drop=True)
+    else:
+        g = good.iloc[order].reset_index(drop=True)
     sym_s, ts_s = sym_codes[order], ts_ns[order]
     last_of_key = np.ones(len(g), dtype=bool)
     last_of_key[:-1] = (sym_s[1:] != sym_s[:-1]) | (ts_s[1:] != ts_s[:-1])
     if last_of_key.all():
-        return g[CANONICAL_COLUMNS].astype(CANONICAL_DTYPES), empty_canonical()
+        return g[CANONICAL_COLUMNS].astype(CANONICAL_DTYPES, copy=False), empty_canonical()
 
     winner_pos = np.flatnonzero(last_of_key)
     row_winner = winner_pos[np.searchsorted(winner_pos, np.arange(len(g)))]
