@@ -1,0 +1,258 @@
+"""FakeBinance (REST `/api/v3/klines`) and a data.binance.vision archive writer/server.
+
+Reusable by end-to-end tests and benchmarks: `generate_klines` makes a year of 1m candles (525,600 rows)
+with numpy in well under a second; prices are formatted to Binance's 8-decimal strings per page, when
+served, so generation stays cheap. Misbehaviour switches are plain methods/attributes (see FakeBinance).
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import io
+import threading
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from data_puller_dagster import timeframes
+from data_puller_dagster_tests.fakes.server import FakeServer, Reply
+
+KLINE_FIELDS = [
+    "open_time", "open", "high", "low", "close", "volume", "close_time",
+    "quote_volume", "trades", "taker_buy_base", "taker_buy_quote", "ignore",
+]  # fmt: skip
+FLOAT_FIELDS = ["open", "high", "low", "close", "volume", "quote_volume", "taker_buy_base", "taker_buy_quote"]
+
+
+def generate_klines(
+    start: str | pd.Timestamp, periods: int, timeframe: str = "1m", seed: int = 0
+) -> pd.DataFrame:
+    """Deterministic klines in wire layout: int64 times, float64 prices (formatted when served).
+
+    Every 7th candle is a zero-trade candle (O=H=L=C=previous close, volume 0), like real quiet minutes.
+    """
+    rng = np.random.default_rng(seed)
+    step = timeframes.seconds(timeframe) * 1000
+    t0 = pd.Timestamp(start, tz="UTC") if pd.Timestamp(start).tzinfo is None else pd.Timestamp(start)
+    ot = int(t0.value // 1_000_000) + np.arange(periods, dtype="int64") * step
+    close = np.round(30000 * np.exp(np.cumsum(rng.normal(0, 5e-4, periods))), 2)
+    open_ = np.round(np.concatenate([[close[0]], close[:-1]]), 2)
+    zero = np.arange(periods) % 7 == 3
+    close = np.where(zero, open_, close)
+    high = np.round(np.maximum(open_, close) * (1 + np.where(zero, 0, rng.uniform(0, 1e-3, periods))), 2)
+    low = np.round(np.minimum(open_, close) * (1 - np.where(zero, 0, rng.uniform(0, 1e-3, periods))), 2)
+    vol = np.where(zero, 0.0, np.round(rng.uniform(0.1, 50, periods), 8))
+    trades = np.where(zero, 0, rng.integers(1, 500, periods)).astype("int64")
+    return pd.DataFrame({
+        "open_time": ot, "open": open_, "high": high, "low": low, "close": close, "volume": vol,
+        "close_time": ot + step - 1, "quote_volume": np.round(vol * close, 8), "trades": trades,
+        "taker_buy_base": np.round(vol / 2, 8), "taker_buy_quote": np.round(vol * close / 2, 8), "ignore": "0",
+    })  # fmt: skip
+
+
+def wire_strings(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame exactly as it goes on the wire: float columns as 8-decimal strings, others unchanged."""
+    out = frame[KLINE_FIELDS].copy()
+    for c in FLOAT_FIELDS:
+        if out[c].dtype.kind == "f":
+            out[c] = np.char.mod("%.8f", out[c].to_numpy()).astype(object)
+    out["ignore"] = out["ignore"].astype(str)
+    return out
+
+
+class FakeBinance(FakeServer):
+    """Binance spot `/api/v3/klines` + `/api/v3/time` over real HTTP.
+
+    Switches (all thread-safe; counts are "next N klines requests"):
+    - `throttle(n, retry_after)`: 429 + Retry-After + -1003 body
+    - `ban(until_ms)`: 418 with the real "IP banned until <ms>" body, until `unban()`
+    - `server_errors(n, status)`: 5xx
+    - `slow(n, seconds)`: delay before answering (to trip client timeouts); `latency` applies to all
+    - `duplicates = k`: each page also repeats the k candles before startTime (overlapping pages)
+    - `malformed = True`: one row per page is cut to 11 fields
+    - `invalid_symbols`: symbols answered with 400 {"code":-1121,"msg":"Invalid symbol."}
+    - `weight_offset`: added to the X-MBX-USED-WEIGHT-1M header (simulate other clients on the IP)
+    Counters: `received` (every request), `klines_requests`, `max_in_flight`.
+    """
+
+    def __init__(
+        self,
+        series: dict[tuple[str, str], pd.DataFrame] | None = None,
+        *,
+        latency: float = 0.0,
+        max_limit: int = 1000,
+    ):
+        super().__init__()
+        self.series: dict[tuple[str, str], pd.DataFrame] = {}
+        for (sym, tf), f in (series or {}).items():
+            self.add(sym, tf, f)
+        self.latency = latency
+        self.max_limit = max_limit
+        self.duplicates = 0
+        self.malformed = False
+        self.invalid_symbols: set[str] = set()
+        self.weight_offset = 0
+        self._script: collections.deque[Reply] = collections.deque()
+        self._ban_until: int | None = None
+        self._weight: dict[int, int] = {}
+        self._in_flight = 0
+        self.max_in_flight = 0
+
+    def add(self, symbol: str, interval: str, frame: pd.DataFrame) -> None:
+        f = frame[KLINE_FIELDS].sort_values("open_time", kind="stable").reset_index(drop=True)
+        self.series[(symbol, interval)] = f
+
+    # ----------------------------------------------------------------------------- switches
+    def throttle(self, n: int, retry_after: float = 0) -> None:
+        body = orjson.dumps(
+            {
+                "code": -1003,
+                "msg": "Too much request weight used; current limit is 6000 request weight per 1 MINUTE. Please use WebSocket Streams for live updates to avoid polling the API.",
+            }
+        )
+        with self._lock:
+            self._script.extend(
+                Reply(429, body, {"Retry-After": str(retry_after), "Content-Type": "application/json"})
+                for _ in range(n)
+            )
+
+    def server_errors(self, n: int, status: int = 503) -> None:
+        with self._lock:
+            self._script.extend(Reply(status, b"<html>Service Unavailable</html>") for _ in range(n))
+
+    def slow(self, n: int, seconds: float) -> None:
+        with self._lock:
+            self._script.extend(Reply(-1, b"", delay=seconds) for _ in range(n))
+
+    def ban(self, until_ms: int) -> None:
+        self._ban_until = until_ms
+
+    def unban(self) -> None:
+        self._ban_until = None
+
+    @property
+    def klines_requests(self) -> int:
+        return self.count("/api/v3/klines")
+
+    # ------------------------------------------------------------------------------ serving
+    def handle(self, path: str, params: dict[str, str], headers: dict[str, str]) -> Reply:
+        if path == "/api/v3/time":
+            return Reply(
+                200, orjson.dumps({"serverTime": int(pd.Timestamp.now(tz="UTC").value // 1_000_000)})
+            )
+        if path != "/api/v3/klines":
+            return Reply(404, b'{"code":-1,"msg":"not found"}')
+        with self._lock:
+            self._in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        try:
+            if self.latency:
+                threading.Event().wait(self.latency)
+            return self._klines(params)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _weight_headers(self) -> dict[str, str]:
+        minute = int(pd.Timestamp.now(tz="UTC").value // 60_000_000_000)
+        with self._lock:
+            self._weight[minute] = self._weight.get(minute, 0) + 2
+            used = self._weight[minute] + self.weight_offset
+        return {"X-MBX-USED-WEIGHT-1M": str(used), "Content-Type": "application/json"}
+
+    def _klines(self, params: dict[str, str]) -> Reply:
+        if self._ban_until is not None:
+            msg = f"Way too much request weight used; IP banned until {self._ban_until}. Please use WebSocket Streams for live updates to avoid bans."
+            return Reply(418, orjson.dumps({"code": -1003, "msg": msg}))
+        with self._lock:
+            scripted = self._script.popleft() if self._script else None
+        if scripted is not None and scripted.status != -1:
+            return scripted
+        delay = scripted.delay if scripted is not None else 0.0
+        headers = self._weight_headers()
+        sym, interval = params.get("symbol", ""), params.get("interval", "")
+        if not sym:
+            return Reply(
+                400,
+                orjson.dumps(
+                    {
+                        "code": -1102,
+                        "msg": "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.",
+                    }
+                ),
+                headers,
+            )
+        if sym in self.invalid_symbols or not any(k[0] == sym for k in self.series):
+            return Reply(400, orjson.dumps({"code": -1121, "msg": "Invalid symbol."}), headers, delay)
+        if interval not in timeframes.TIMEFRAMES:
+            return Reply(400, orjson.dumps({"code": -1120, "msg": "Invalid interval."}), headers, delay)
+        f = self.series.get((sym, interval))
+        if f is None:
+            return Reply(200, b"[]", headers, delay)
+        limit = min(int(params.get("limit", 500)), self.max_limit)
+        ot = f["open_time"].to_numpy()
+        i = int(np.searchsorted(ot, int(params["startTime"]), "left")) if "startTime" in params else 0
+        j = int(np.searchsorted(ot, int(params["endTime"]), "right")) if "endTime" in params else len(ot)
+        i0 = max(0, i - self.duplicates)
+        page = wire_strings(f.iloc[i0 : min(j, i + limit)])
+        rows: list[Any] = page.to_numpy(dtype=object).tolist()
+        if self.malformed and rows:
+            rows[len(rows) // 2] = rows[len(rows) // 2][:11]
+        return Reply(200, orjson.dumps(rows, option=orjson.OPT_SERIALIZE_NUMPY), headers, delay)
+
+
+# ------------------------------------------------------------------------------------------ archive
+def write_archive(
+    root: Path,
+    frame: pd.DataFrame,
+    symbol: str,
+    interval: str,
+    *,
+    micros: bool = False,
+    header: bool = False,
+    bad_checksum_days: tuple[str, ...] = (),
+    missing_checksum_days: tuple[str, ...] = (),
+) -> list[str]:
+    """Write data.binance.vision daily zips + `.zip.CHECKSUM` under `root`; returns the days written.
+
+    `micros` writes open/close times in microseconds (the 2025+ spot format); `header` adds a header row.
+    """
+    base = root / "data" / "spot" / "daily" / "klines" / symbol / interval
+    base.mkdir(parents=True, exist_ok=True)
+    wire = wire_strings(frame)
+    if micros:
+        wire["open_time"] = wire["open_time"].astype("int64") * 1000 + 0
+        wire["close_time"] = wire["close_time"].astype("int64") * 1000 + 999
+    days = pd.to_datetime(frame["open_time"], unit="ms", utc=True).dt.strftime("%Y-%m-%d")
+    written = []
+    for day, rows in wire.groupby(days.to_numpy(), sort=True):
+        name = f"{symbol}-{interval}-{day}"
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(f"{name}.csv", rows.to_csv(header=header, index=False, lineterminator="\n"))
+        data = buf.getvalue()
+        (base / f"{name}.zip").write_bytes(data)
+        digest = hashlib.sha256(data + (b"x" if day in bad_checksum_days else b"")).hexdigest()
+        if day not in missing_checksum_days:
+            (base / f"{name}.zip.CHECKSUM").write_text(f"{digest}  {name}.zip\n")
+        written.append(str(day))
+    return written
+
+
+class FakeArchive(FakeServer):
+    """Serves a directory written by `write_archive` over HTTP (404 for anything missing)."""
+
+    def __init__(self, root: Path):
+        super().__init__()
+        self.root = Path(root).resolve()
+
+    def handle(self, path: str, params: dict[str, str], headers: dict[str, str]) -> Reply:
+        p = (self.root / path.lstrip("/")).resolve()
+        if self.root not in p.parents or not p.is_file():
+            return Reply(404, b"<Error><Code>NoSuchKey</Code></Error>")
+        return Reply(200, p.read_bytes(), {"Content-Type": "application/zip"})
