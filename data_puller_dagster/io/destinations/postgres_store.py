@@ -116,6 +116,7 @@ class PostgresDestination:
         columns = {str(c): sql_type(t, "postgres") for c, t in df.dtypes.items()}
         if has_pdate:
             columns[PARTITION_DATE_COLUMN] = "date"
+        arrow = _timestamps_as_text(arrow)
         buf = io.BytesIO()
         if arrow.num_rows:
             pacsv.write_csv(arrow, buf, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
@@ -125,6 +126,7 @@ class PostgresDestination:
         try:
             self._ensure_table(conn, table, columns)
             with conn, conn.cursor() as cur:  # one transaction: commit on success, rollback on error
+                cur.execute("SET LOCAL TIME ZONE 'UTC'")  # timestamps travel as UTC wall-clock text
                 cur.execute(
                     "SELECT pg_advisory_xact_lock(hashtext(%s))",
                     (f"data_puller:{self.schema(table)}.{table.name}",),
@@ -279,6 +281,19 @@ class PostgresDestination:
                 i = arrow.schema.get_field_index(c)
                 arrow = arrow.set_column(i, c, pc.cast(arrow[c], pa.timestamp("us")))
         return restore_dtypes(arrow_to_pandas(arrow), dtypes)
+
+
+def _timestamps_as_text(arrow: pa.Table) -> pa.Table:
+    """Timestamp columns as UTC wall-clock text at microsecond precision.
+
+    Why: Arrow's CSV writer formats timestamps ~10x slower than a cast to string does, and timestamp
+    formatting dominated COPY time for million-row writes; the session runs in UTC so the text is exact.
+    """
+    for i, f in enumerate(arrow.schema):
+        if pa.types.is_timestamp(f.type):
+            naive = pc.cast(pc.cast(arrow.column(i), pa.timestamp("us", tz="UTC")), pa.timestamp("us"))
+            arrow = arrow.set_column(i, f.name, pc.cast(naive, pa.string()))
+    return arrow
 
 
 def _slice_condition(part: PartitionSlice, has_pdate: bool) -> tuple[sql.Composable, list[Any]]:
