@@ -534,8 +534,8 @@ def write_dataset(
                 st = stats[s]
                 st["rows"] += int(sel.sum())
                 st["bytes"] += len(data)
-                tss = frame["ts"].to_numpy()[sel]
-                lo, hi = pd.Timestamp(tss.min()), pd.Timestamp(tss.max())
+                tss = pd.DatetimeIndex(frame["ts"]).as_unit("ns").asi8[sel]
+                lo, hi = pd.Timestamp(int(tss.min()), tz="UTC"), pd.Timestamp(int(tss.max()), tz="UTC")
                 st["first_ts"] = lo if st["first_ts"] is None else min(st["first_ts"], lo)
                 st["last_ts"] = hi if st["last_ts"] is None else max(st["last_ts"], hi)
         for h in handles.values():
