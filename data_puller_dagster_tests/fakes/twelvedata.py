@@ -79,6 +79,7 @@ class FakeTwelveData(FakeServer):
         self.invalid_symbols: set[str] = set()
         self.daily_quota_spent = False
         self._script: collections.deque[tuple[int, str]] = collections.deque()
+        self._bodies: collections.deque[dict] = collections.deque()
 
     def add(self, symbol: str, interval: str, values: pd.DataFrame) -> None:
         """`interval` in Twelve Data's names (1min, 1h, 1day)."""
@@ -89,6 +90,11 @@ class FakeTwelveData(FakeServer):
     def throttle(self, n: int) -> None:
         with self._lock:
             self._script.extend((429, MINUTE_429) for _ in range(n))
+
+    def respond_with(self, body: dict, n: int = 1) -> None:
+        """Answer the next `n` requests with this exact error body (in the current error mode)."""
+        with self._lock:
+            self._bodies.extend(body for _ in range(n))
 
     def server_errors(self, n: int, status: int = 500) -> None:
         with self._lock:
@@ -111,6 +117,10 @@ class FakeTwelveData(FakeServer):
             return self._error(401, BAD_KEY)
         with self._lock:
             scripted = self._script.popleft() if self._script else None
+            recorded = self._bodies.popleft() if self._bodies and scripted is None else None
+        if recorded is not None:
+            status = 200 if self.error_mode == "body" else int(recorded.get("code", 400))
+            return Reply(status, orjson.dumps(recorded), {"Content-Type": "application/json"})
         if scripted is not None:
             code, msg = scripted
             if code >= 500:
