@@ -6,13 +6,13 @@ partition reads earlier days and the following day; the last candle of a day get
 next day exists. Building day by day therefore gives exactly the dataset built from the whole history.
 """
 
-from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import date, timedelta
 
 import dagster as dg
 import pandas as pd
+from dagster import AssetExecutionContext
 
 from data_puller_dagster.assets.metadata import frame_metadata
 from data_puller_dagster.assets.naming import asset_key, dataset_files_key, table_metadata, table_ref
@@ -71,7 +71,7 @@ def build_dataset_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition
         metadata=table_metadata(feed, "dataset", tf),
         backfill_policy=dg.BackfillPolicy.multi_run(cfg.runs.max_partitions_per_run),
     )
-    def dataset(context: dg.AssetExecutionContext, enriched: pd.DataFrame) -> dg.Output[pd.DataFrame]:
+    def dataset(context: AssetExecutionContext, enriched: pd.DataFrame) -> dg.Output[pd.DataFrame]:
         window = context_window(context)
         frames = []
         excluded_quality = 0
@@ -85,6 +85,8 @@ def build_dataset_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition
                 start=pd.Timestamp(window.start_ts),
                 end=pd.Timestamp(window.end_ts),
                 quality_by_day=quality_by_day(rows, feed, tf),
+                lookback_days=days_before,
+                lookahead_days=1,
             )
             frames.append(batch.frame)
             excluded_quality += int(batch.excluded_low_quality)
@@ -128,7 +130,7 @@ def build_dataset_files_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefi
             "materialized day of the examples asset, streamed a month at a time."
         ),
     )
-    def dataset_files(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    def dataset_files(context: AssetExecutionContext) -> dg.MaterializeResult:
         router = Router(cfg)
         out_dir = cfg.storage.datasets_location / feed.name / f"llm_{tf}"
         manifest = write_dataset(
@@ -136,6 +138,7 @@ def build_dataset_files_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefi
             out_dir,
             name=f"{feed.name}_{tf}",
             config_hash=cfg.fingerprint(),
+            dataset_format=cfg.dataset.format,
         )
         context.log.info(f"dataset written to {out_dir}: {manifest.get('rows')}")
         return dg.MaterializeResult(

@@ -1,9 +1,9 @@
 """`<feed>/ohlcv_<tf>`: larger timeframes resampled from the base candles of the same days."""
 
-from __future__ import annotations
 
 import dagster as dg
 import pandas as pd
+from dagster import AssetExecutionContext
 
 from data_puller_dagster.assets.metadata import frame_metadata
 from data_puller_dagster.assets.naming import asset_key, table_metadata
@@ -32,7 +32,7 @@ def build_derived_asset(cfg: AppConfig, feed: FeedConfig, tf: str) -> dg.AssetsD
         metadata=table_metadata(feed, "derived", tf),
         backfill_policy=dg.BackfillPolicy.multi_run(cfg.runs.max_partitions_per_run),
     )
-    def derived(context: dg.AssetExecutionContext, base: pd.DataFrame) -> dg.Output[pd.DataFrame]:
+    def derived(context: AssetExecutionContext, base: pd.DataFrame) -> dg.Output[pd.DataFrame]:
         bars = resample(base, tf, feed.asset_class)
         incomplete = int((~bars["complete"]).sum()) if len(bars) else 0
         return dg.Output(

@@ -5,10 +5,10 @@ indicators to warm up (a lookback in candles, turned into a day offset per marke
 over the contiguous series, then keeps only its own days.
 """
 
-from __future__ import annotations
 
 import dagster as dg
 import pandas as pd
+from dagster import AssetExecutionContext
 
 from data_puller_dagster.assets.metadata import frame_metadata
 from data_puller_dagster.assets.naming import asset_key, ohlcv_key, table_metadata
@@ -42,7 +42,7 @@ def build_enriched_asset(cfg: AppConfig, feed: FeedConfig, tf: str) -> dg.Assets
         metadata=table_metadata(feed, "enriched", tf),
         backfill_policy=dg.BackfillPolicy.multi_run(cfg.runs.max_partitions_per_run),
     )
-    def enriched(context: dg.AssetExecutionContext, candles: pd.DataFrame) -> dg.Output[pd.DataFrame]:
+    def enriched(context: AssetExecutionContext, candles: pd.DataFrame) -> dg.Output[pd.DataFrame]:
         window = context_window(context)
         candles = candles.sort_values(["symbol", "ts"], kind="stable").reset_index(drop=True)
         out = compute_indicators(candles, cfg.indicators)

@@ -5,13 +5,13 @@ The schema check is blocking: when it fails the normalized output is not stored 
 version stays), offending rows go to quarantine, and downstream layers do not run.
 """
 
-from __future__ import annotations
 
 import json
 from typing import Any
 
 import dagster as dg
 import pandas as pd
+from dagster import AssetExecutionContext
 
 from data_puller_dagster import timeframes
 from data_puller_dagster.assets.metadata import frame_metadata, sample_rows
@@ -101,7 +101,7 @@ def build_normalized_assets(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefini
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.multi_run(cfg.runs.max_partitions_per_run),
     )
-    def normalize_asset(context: dg.AssetExecutionContext, raw: pd.DataFrame):
+    def normalize_asset(context: AssetExecutionContext, raw: pd.DataFrame):
         window = context_window(context)
         now = pd.Timestamp.now(tz="UTC")
         result = normalize(raw, asset_class=feed.asset_class, timeframe=tf, now=now)

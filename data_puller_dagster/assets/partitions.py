@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
 import dagster as dg
+from dagster import AssetExecutionContext
 
 from data_puller_dagster import timeframes
 from data_puller_dagster.config import FeedConfig
@@ -110,5 +111,5 @@ def _split(key: str) -> dict[str, str]:
     return {DATE_DIM: d, SYMBOL_DIM: s}
 
 
-def context_window(context: dg.AssetExecutionContext) -> PartitionWindow:
+def context_window(context: AssetExecutionContext) -> PartitionWindow:
     return window_from_keys(list(context.partition_keys))

@@ -1,9 +1,9 @@
 """`<feed>/raw_ohlcv_<tf>`: exactly what the provider returned, for audit and replay."""
 
-from __future__ import annotations
 
 import dagster as dg
 import pandas as pd
+from dagster import AssetExecutionContext
 
 from data_puller_dagster.assets.metadata import frame_metadata
 from data_puller_dagster.assets.naming import asset_key, table_metadata
@@ -43,7 +43,7 @@ def build_raw_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition:
         ),
         backfill_policy=dg.BackfillPolicy.multi_run(cfg.runs.max_partitions_per_run),
     )
-    def raw(context: dg.AssetExecutionContext) -> dg.Output[pd.DataFrame]:
+    def raw(context: AssetExecutionContext) -> dg.Output[pd.DataFrame]:
         window = context_window(context)
         symbols = feed.symbol_keys
         adapter = build_adapter(cfg, feed)
