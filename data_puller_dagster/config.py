@@ -414,6 +414,18 @@ class RunsConfig(_Model):
     retry_delay_seconds: float = Field(30, ge=0)
 
 
+class ValidationConfig(_Model):
+    """When a partition's data is too broken to build on."""
+
+    max_quarantined_fraction: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Above this share of quarantined rows the blocking schema check fails: a response "
+        "that is mostly broken (wrong interval, wrong clock, corrupt page) is not trusted downstream.",
+    )
+
+
 class ScheduleConfig(_Model):
     enabled: bool = True
     minutes_after_midnight: int = Field(15, ge=0, lt=24 * 60, description="UTC offset of the daily run.")
@@ -447,6 +459,7 @@ class AppConfig(_Model):
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     routes: list[RouteConfig] = Field(default_factory=_default_routes)
     runs: RunsConfig = Field(default_factory=RunsConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
     automation: AutomationConfig = Field(default_factory=AutomationConfig)
 
     @model_validator(mode="after")

@@ -109,7 +109,9 @@ def build_normalized_assets(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefini
 
         outside = data[(data["ts"] < window.start_ts) | (data["ts"] >= window.end_ts)]
         summary = validate_normalized(data)
-        schema_ok = summary.ok and outside.empty
+        quarantined_fraction = len(quarantine) / report.rows_in if report.rows_in else 0.0
+        too_broken = quarantined_fraction > cfg.validation.max_quarantined_fraction
+        schema_ok = summary.ok and outside.empty and not too_broken
 
         per_symbol = _completeness(feed, window, data, now)
         missing = sum(s["missing"] for s in per_symbol.values())
@@ -137,7 +139,9 @@ def build_normalized_assets(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefini
         else:
             context.log.error(
                 f"normalized data for {window.symbol_keys} {window.start}..{window.end} is invalid; not stored. "
-                f"schema failures: {summary.failures}; rows outside the requested days: {len(outside)}"
+                f"schema failures: {summary.failures}; rows outside the requested days: {len(outside)}; "
+                f"quarantined {quarantined_fraction:.0%} of rows (limit "
+                f"{cfg.validation.max_quarantined_fraction:.0%}, validation.max_quarantined_fraction)"
             )
         yield dg.Output(quarantine, output_name="quarantine", metadata=frame_metadata(quarantine))
 
@@ -149,7 +153,10 @@ def build_normalized_assets(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefini
             metadata={
                 "failures": dg.MetadataValue.json(_jsonable(summary.failures)),
                 "rows_outside_window": dg.MetadataValue.int(len(outside)),
-                "sample": sample_rows(outside if not outside.empty else summary.sample),
+                "quarantined_fraction": dg.MetadataValue.float(float(quarantined_fraction)),
+                "sample": sample_rows(
+                    outside if not outside.empty else quarantine if too_broken else summary.sample
+                ),
             },
         )
         conflicts = int(report.duplicate_conflicts)

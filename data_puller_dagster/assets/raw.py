@@ -58,6 +58,18 @@ def build_raw_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition:
         finally:
             adapter.close()
         df = pd.concat(frames, ignore_index=True) if frames else raw_empty(feed.source)
-        return dg.Output(df, metadata=frame_metadata(df))
+        # A day partition can only hold its own candles. Rows the provider sent for other times are
+        # counted and logged (they mean the response did not match the request), not stored here.
+        inside = df["ts"].isna() | ((df["ts"] >= window.start_ts) & (df["ts"] < window.end_ts))
+        outside = int((~inside).sum())
+        if outside:
+            context.log.warning(
+                f"{feed.source} returned {outside} row(s) outside {window.start}..{window.end} for "
+                f"{', '.join(window.symbol_keys)}; kept out of the raw partition"
+            )
+            df = df[inside].reset_index(drop=True)
+        md = frame_metadata(df)
+        md["rows_outside_window"] = dg.MetadataValue.int(outside)
+        return dg.Output(df, metadata=md)
 
     return raw
