@@ -410,6 +410,11 @@ class StorageConfig(_Model):
 # ------------------------------------------------------------------------------------ runs, automation
 class RunsConfig(_Model):
     max_partitions_per_run: int = Field(31, ge=1, le=400, description="Date partitions per backfill run.")
+    backfill_policy: Literal["multi_run", "single_run"] = Field(
+        "multi_run",
+        description="multi_run: backfills split into runs of max_partitions_per_run days (bounded memory). "
+        "single_run: one run per range, needed by `dagster asset materialize --partition-range`.",
+    )
     retry_max: int = Field(3, ge=0, le=10)
     retry_delay_seconds: float = Field(30, ge=0)
 

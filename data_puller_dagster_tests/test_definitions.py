@@ -58,3 +58,16 @@ def test_routes_that_starve_the_primary_store_are_rejected_at_load():
     }
     with pytest.raises(RoutingError, match="parquet"):
         build_definitions(parse_config(data, env={}))
+
+
+def test_backfill_policy_follows_config():
+    base = {
+        "feeds": [{"name": "crypto", "source": "binance", "asset_class": "crypto", "timeframe": "1h",
+                   "symbols": ["BTCUSDT"], "start_date": "2024-01-01"}],
+    }
+    for policy, expected in (("multi_run", 7), ("single_run", None)):
+        cfg = parse_config({**base, "runs": {"backfill_policy": policy, "max_partitions_per_run": 7}}, env={})
+        graph = build_definitions(cfg).resolve_asset_graph()
+        partitioned = [graph.get(k) for k in graph.get_all_asset_keys() if graph.get(k).partitions_def]
+        assert partitioned
+        assert {n.backfill_policy.max_partitions_per_run for n in partitioned} == {expected}

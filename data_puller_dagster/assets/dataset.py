@@ -17,6 +17,7 @@ from dagster import AssetExecutionContext
 from data_puller_dagster.assets.metadata import frame_metadata
 from data_puller_dagster.assets.naming import asset_key, dataset_files_key, table_metadata, table_ref
 from data_puller_dagster.assets.partitions import (
+    backfill_policy,
     context_window,
     days_for_candles,
     feed_partitions,
@@ -69,7 +70,7 @@ def build_dataset_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition
             f"{cfg.dataset.context_window} candles), as ready-serialized JSON lines with their split."
         ),
         metadata=table_metadata(feed, "dataset", tf),
-        backfill_policy=dg.BackfillPolicy.multi_run(cfg.runs.max_partitions_per_run),
+        backfill_policy=backfill_policy(cfg),
     )
     def dataset(context: AssetExecutionContext, enriched: pd.DataFrame) -> dg.Output[pd.DataFrame]:
         window = context_window(context)

@@ -7,7 +7,7 @@ from dagster import AssetExecutionContext
 
 from data_puller_dagster.assets.metadata import frame_metadata
 from data_puller_dagster.assets.naming import asset_key, table_metadata
-from data_puller_dagster.assets.partitions import feed_partitions
+from data_puller_dagster.assets.partitions import backfill_policy, feed_partitions
 from data_puller_dagster.config import AppConfig, FeedConfig
 from data_puller_dagster.transform.resample import resample
 
@@ -30,7 +30,7 @@ def build_derived_asset(cfg: AppConfig, feed: FeedConfig, tf: str) -> dg.AssetsD
             "`complete` is False where base candles were missing, `source_candles` counts them."
         ),
         metadata=table_metadata(feed, "derived", tf),
-        backfill_policy=dg.BackfillPolicy.multi_run(cfg.runs.max_partitions_per_run),
+        backfill_policy=backfill_policy(cfg),
     )
     def derived(context: AssetExecutionContext, base: pd.DataFrame) -> dg.Output[pd.DataFrame]:
         bars = resample(base, tf, feed.asset_class)

@@ -13,6 +13,7 @@ from dagster import AssetExecutionContext
 from data_puller_dagster.assets.metadata import frame_metadata
 from data_puller_dagster.assets.naming import asset_key, ohlcv_key, table_metadata
 from data_puller_dagster.assets.partitions import (
+    backfill_policy,
     context_window,
     days_for_candles,
     feed_partitions,
@@ -40,7 +41,7 @@ def build_enriched_asset(cfg: AppConfig, feed: FeedConfig, tf: str) -> dg.Assets
             "warm-up; `indicators_ready` is False where the feed lacks that history (values are null)."
         ),
         metadata=table_metadata(feed, "enriched", tf),
-        backfill_policy=dg.BackfillPolicy.multi_run(cfg.runs.max_partitions_per_run),
+        backfill_policy=backfill_policy(cfg),
     )
     def enriched(context: AssetExecutionContext, candles: pd.DataFrame) -> dg.Output[pd.DataFrame]:
         window = context_window(context)

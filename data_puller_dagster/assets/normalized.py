@@ -16,7 +16,12 @@ from dagster import AssetExecutionContext
 from data_puller_dagster import timeframes
 from data_puller_dagster.assets.metadata import frame_metadata, sample_rows
 from data_puller_dagster.assets.naming import asset_key, table_metadata
-from data_puller_dagster.assets.partitions import PartitionWindow, context_window, feed_partitions
+from data_puller_dagster.assets.partitions import (
+    PartitionWindow,
+    backfill_policy,
+    context_window,
+    feed_partitions,
+)
 from data_puller_dagster.config import AppConfig, FeedConfig
 from data_puller_dagster.transform.calendars import expected_grid
 from data_puller_dagster.transform.gaps import find_gaps
@@ -99,7 +104,7 @@ def build_normalized_assets(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefini
         ins={"raw": dg.AssetIn(raw_key)},
         check_specs=checks,
         partitions_def=partitions,
-        backfill_policy=dg.BackfillPolicy.multi_run(cfg.runs.max_partitions_per_run),
+        backfill_policy=backfill_policy(cfg),
     )
     def normalize_asset(context: AssetExecutionContext, raw: pd.DataFrame):
         window = context_window(context)

@@ -15,7 +15,7 @@ import dagster as dg
 from dagster import AssetExecutionContext
 
 from data_puller_dagster import timeframes
-from data_puller_dagster.config import FeedConfig
+from data_puller_dagster.config import AppConfig, FeedConfig
 from data_puller_dagster.symbols import check_key
 
 DATE_DIM = "date"
@@ -34,6 +34,14 @@ def feed_partitions(feed: FeedConfig) -> dg.MultiPartitionsDefinition:
             SYMBOL_DIM: dg.StaticPartitionsDefinition(list(feed.symbol_keys)),
         }
     )
+
+
+def backfill_policy(cfg: AppConfig) -> dg.BackfillPolicy:
+    """Few runs with bounded memory by default; Dagster still splits multi-dimensional backfills per
+    symbol whatever the policy."""
+    if cfg.runs.backfill_policy == "single_run":
+        return dg.BackfillPolicy.single_run()
+    return dg.BackfillPolicy.multi_run(cfg.runs.max_partitions_per_run)
 
 
 def days_for_candles(asset_class: str, timeframe: str, candles: int) -> int:

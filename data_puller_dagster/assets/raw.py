@@ -7,7 +7,7 @@ from dagster import AssetExecutionContext
 
 from data_puller_dagster.assets.metadata import frame_metadata
 from data_puller_dagster.assets.naming import asset_key, table_metadata
-from data_puller_dagster.assets.partitions import context_window, feed_partitions
+from data_puller_dagster.assets.partitions import backfill_policy, context_window, feed_partitions
 from data_puller_dagster.config import AppConfig, FeedConfig
 from data_puller_dagster.sources import build_adapter, raw_empty
 
@@ -41,7 +41,7 @@ def build_raw_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition:
             backoff=dg.Backoff.EXPONENTIAL,
             jitter=dg.Jitter.PLUS_MINUS,
         ),
-        backfill_policy=dg.BackfillPolicy.multi_run(cfg.runs.max_partitions_per_run),
+        backfill_policy=backfill_policy(cfg),
     )
     def raw(context: AssetExecutionContext) -> dg.Output[pd.DataFrame]:
         window = context_window(context)
