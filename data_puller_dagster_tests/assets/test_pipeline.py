@@ -248,3 +248,21 @@ def test_blocking_check_stops_downstream_and_keeps_stored_data(tmp_path):
     assert derived_mats == []
     quarantine = read(cfg, "quarantine", "1h", "2024-01-02", "2024-01-02", {"EURUSD": "EUR/USD"}, "forex")
     assert len(quarantine) == 264 and set(quarantine["rule"]) == {"misaligned_ts"}
+
+
+def test_overlapping_pages_are_deduplicated_and_foreign_rows_kept_out(tmp_path, btc_series):
+    with FakeBinance({("BTCUSDT", "1m"): btc_series}) as fake:
+        fake.duplicates = 5  # every page repeats the 5 candles before its startTime
+        cfg = crypto_config(tmp_path, fake.url)
+        defs = build_definitions(cfg)
+        instance = dg.DagsterInstance.ephemeral()
+        result = run(defs, pipeline_job_name(cfg.feed("crypto")), instance, "2024-01-02")
+    assert result.success
+    feed = cfg.feed("crypto")
+    raw_md = instance.get_latest_materialization_event(asset_key(feed, "raw", "1m")).asset_materialization.metadata
+    assert raw_md["rows_outside_window"].value == 5  # the day before, sent with the first page
+    raw = read(cfg, "raw", "1m", "2024-01-02", "2024-01-02")
+    assert len(raw) == 1440 + 5 * 1  # second page repeats 5 candles of this day
+    norm_md = instance.get_latest_materialization_event(asset_key(feed, "normalized", "1m")).asset_materialization.metadata
+    assert norm_md["normalize/duplicates_identical"].value == 5
+    assert len(read(cfg, "normalized", "1m", "2024-01-02", "2024-01-02")) == 1440
