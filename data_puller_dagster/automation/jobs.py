@@ -27,9 +27,11 @@ def dataset_job_name(feed: FeedConfig) -> str:
 
 def pipeline_job(cfg: AppConfig, feed: FeedConfig) -> dg.UnresolvedAssetJobDefinition:
     """raw -> normalized -> derived -> enriched for a partition (the dataset needs the next day too)."""
-    selection = dg.AssetSelection.groups(feed.name) - dg.AssetSelection.assets(
-        asset_key(feed, "dataset", feed.llm_timeframe), dataset_files_key(feed)
-    )
+    selection = dg.AssetSelection.groups(feed.name)
+    if cfg.dataset.enabled:  # without the dataset those assets do not exist, and naming them is an error
+        selection -= dg.AssetSelection.assets(
+            asset_key(feed, "dataset", feed.llm_timeframe), dataset_files_key(feed)
+        )
     return dg.define_asset_job(
         pipeline_job_name(feed),
         selection=selection,
