@@ -27,7 +27,7 @@ from data_puller_dagster.config import AppConfig, FeedConfig
 from data_puller_dagster.io.router import Router
 from data_puller_dagster.io.tables import PartitionSlice
 from data_puller_dagster.transform.calendars import expected_grid
-from data_puller_dagster.transform.llm_dataset import build_examples, write_dataset
+from data_puller_dagster.transform.llm_dataset import build_examples, empty_examples, write_dataset
 
 CODE_VERSION = "dataset-1"
 
@@ -73,7 +73,7 @@ def build_dataset_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition
         backfill_policy=backfill_policy(cfg),
     )
     def dataset(context: AssetExecutionContext, enriched: pd.DataFrame) -> dg.Output[pd.DataFrame]:
-        window = context_window(context)
+        window = context_window(context, cfg, feed)
         frames = []
         excluded_quality = 0
         for _, rows in enriched.groupby("symbol", sort=True):
@@ -91,7 +91,7 @@ def build_dataset_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition
             )
             frames.append(batch.frame)
             excluded_quality += int(batch.excluded_low_quality)
-        out = pd.concat(frames, ignore_index=True) if frames else _empty_examples()
+        out = pd.concat(frames, ignore_index=True) if frames else empty_examples()
         splits = out["split"].value_counts().to_dict() if len(out) else {}
         return dg.Output(
             out,
@@ -103,17 +103,6 @@ def build_dataset_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition
         )
 
     return dataset
-
-
-def _empty_examples() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "ts": pd.Series(dtype="datetime64[ns, UTC]"),
-            "symbol": pd.Series(dtype="string"),
-            "split": pd.Series(dtype="string"),
-            "line": pd.Series(dtype="string"),
-        }
-    )
 
 
 def build_dataset_files_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition:

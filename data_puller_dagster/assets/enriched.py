@@ -44,7 +44,7 @@ def build_enriched_asset(cfg: AppConfig, feed: FeedConfig, tf: str) -> dg.Assets
         backfill_policy=backfill_policy(cfg),
     )
     def enriched(context: AssetExecutionContext, candles: pd.DataFrame) -> dg.Output[pd.DataFrame]:
-        window = context_window(context)
+        window = context_window(context, cfg, feed)
         candles = candles.sort_values(["symbol", "ts"], kind="stable").reset_index(drop=True)
         out = compute_indicators(candles, cfg.indicators)
         out = out[(out["ts"] >= window.start_ts) & (out["ts"] < window.end_ts)].reset_index(drop=True)

@@ -17,12 +17,12 @@ from data_puller_dagster import timeframes
 from data_puller_dagster.assets.metadata import frame_metadata, sample_rows
 from data_puller_dagster.assets.naming import asset_key, table_metadata
 from data_puller_dagster.assets.partitions import (
-    PartitionWindow,
     backfill_policy,
     context_window,
     feed_partitions,
 )
 from data_puller_dagster.config import AppConfig, FeedConfig
+from data_puller_dagster.io.tables import PartitionSlice
 from data_puller_dagster.transform.calendars import expected_grid
 from data_puller_dagster.transform.gaps import find_gaps
 from data_puller_dagster.transform.normalize import normalize
@@ -107,7 +107,7 @@ def build_normalized_assets(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefini
         backfill_policy=backfill_policy(cfg),
     )
     def normalize_asset(context: AssetExecutionContext, raw: pd.DataFrame):
-        window = context_window(context)
+        window = context_window(context, cfg, feed)
         now = pd.Timestamp.now(tz="UTC")
         result = normalize(raw, asset_class=feed.asset_class, timeframe=tf, now=now)
         data, quarantine, report = result.data, result.quarantine, result.report
@@ -143,7 +143,7 @@ def build_normalized_assets(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefini
             yield dg.Output(data, output_name="normalized", metadata={**frame_metadata(data), **common})
         else:
             context.log.error(
-                f"normalized data for {window.symbol_keys} {window.start}..{window.end} is invalid; not stored. "
+                f"normalized data for {window.keys} {window.start}..{window.end} is invalid; not stored. "
                 f"schema failures: {summary.failures}; rows outside the requested days: {len(outside)}; "
                 f"quarantined {quarantined_fraction:.0%} of rows (limit "
                 f"{cfg.validation.max_quarantined_fraction:.0%}, validation.max_quarantined_fraction)"
@@ -216,7 +216,7 @@ def build_normalized_assets(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefini
 
 
 def _completeness(
-    feed: FeedConfig, window: PartitionWindow, data: pd.DataFrame, now: pd.Timestamp
+    feed: FeedConfig, window: PartitionSlice, data: pd.DataFrame, now: pd.Timestamp
 ) -> dict[str, dict[str, Any]]:
     """Gaps and freshness per symbol against the market calendar, for days that have ended or begun."""
     # Only candles that have closed by now can be expected (and final).
@@ -224,7 +224,7 @@ def _completeness(
     start = pd.Timestamp(window.start_ts)
     out: dict[str, dict[str, Any]] = {}
     symbols = feed.symbol_keys
-    for key in window.symbol_keys:
+    for key in window.keys:
         rows = data.loc[data["symbol"] == symbols[key], "ts"] if len(data) else data["ts"]
         final_rows = rows[data.loc[rows.index, "is_final"]] if len(rows) else rows
         if end <= start:

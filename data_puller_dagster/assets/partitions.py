@@ -8,15 +8,15 @@ name, so keys read `2024-01-05|BTCUSDT`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import timedelta
 
 import dagster as dg
 from dagster import AssetExecutionContext
 
 from data_puller_dagster import timeframes
 from data_puller_dagster.config import AppConfig, FeedConfig
-from data_puller_dagster.symbols import check_key
+from data_puller_dagster.io.io_manager import slice_from_keys
+from data_puller_dagster.io.tables import PartitionSlice
 
 DATE_DIM = "date"
 SYMBOL_DIM = "symbol"
@@ -78,46 +78,6 @@ def window_mapping(days_before: int, days_after: int = 0) -> dg.MultiPartitionMa
     )
 
 
-@dataclass(frozen=True)
-class PartitionWindow:
-    """The UTC days and symbol keys a run materializes (one symbol per run in backfills)."""
-
-    start: date  # inclusive
-    end: date  # inclusive
-    symbol_keys: tuple[str, ...]
-
-    @property
-    def start_ts(self) -> datetime:
-        return datetime.combine(self.start, time(0), tzinfo=UTC)
-
-    @property
-    def end_ts(self) -> datetime:
-        """Exclusive end: midnight after the last day."""
-        return datetime.combine(self.end + timedelta(days=1), time(0), tzinfo=UTC)
-
-    @property
-    def days(self) -> int:
-        return (self.end - self.start).days + 1
-
-
-def window_from_keys(keys: list[str] | list[dg.MultiPartitionKey]) -> PartitionWindow:
-    """Collapse multi-partition keys (`date|symbol`) into a date range and a symbol set."""
-    dates: set[str] = set()
-    symbols: set[str] = set()
-    for k in keys:
-        dims = k.keys_by_dimension if isinstance(k, dg.MultiPartitionKey) else _split(str(k))
-        dates.add(dims[DATE_DIM])
-        symbols.add(check_key(dims[SYMBOL_DIM]))
-    if not dates:
-        raise ValueError("this asset is partitioned by date x symbol; launch it for a partition or a range")
-    parsed = sorted(date.fromisoformat(d) for d in dates)
-    return PartitionWindow(parsed[0], parsed[-1], tuple(sorted(symbols)))
-
-
-def _split(key: str) -> dict[str, str]:
-    d, _, s = key.partition("|")
-    return {DATE_DIM: d, SYMBOL_DIM: s}
-
-
-def context_window(context: AssetExecutionContext) -> PartitionWindow:
-    return window_from_keys(list(context.partition_keys))
+def context_window(context: AssetExecutionContext, cfg: AppConfig, feed: FeedConfig) -> PartitionSlice:
+    """The days and symbols a run materializes (one symbol per run in backfills), as the router's slice."""
+    return slice_from_keys(cfg, feed.name, list(context.partition_keys), context.op_execution_context.op.name)

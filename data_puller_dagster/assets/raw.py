@@ -44,12 +44,12 @@ def build_raw_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition:
         backfill_policy=backfill_policy(cfg),
     )
     def raw(context: AssetExecutionContext) -> dg.Output[pd.DataFrame]:
-        window = context_window(context)
+        window = context_window(context, cfg, feed)
         symbols = feed.symbol_keys
         adapter = build_adapter(cfg, feed)
         frames = []
         try:
-            for k in window.symbol_keys:
+            for k in window.keys:
                 context.log.info(
                     f"fetching {symbols[k]} {tf} {window.start_ts:%Y-%m-%d} .. {window.end:%Y-%m-%d} "
                     f"from {feed.source}"
@@ -65,7 +65,7 @@ def build_raw_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition:
         if outside:
             context.log.warning(
                 f"{feed.source} returned {outside} row(s) outside {window.start}..{window.end} for "
-                f"{', '.join(window.symbol_keys)}; kept out of the raw partition"
+                f"{', '.join(window.keys)}; kept out of the raw partition"
             )
             df = df[inside].reset_index(drop=True)
         md = frame_metadata(df)

@@ -195,7 +195,7 @@ def _rows_buffer(
     return out.tobytes(), offsets
 
 
-def _empty_frame() -> pd.DataFrame:
+def empty_examples() -> pd.DataFrame:
     return pd.DataFrame(
         {
             "ts": pd.Series(dtype="datetime64[ns, UTC]"),
@@ -265,7 +265,7 @@ def build_examples(
     n, w = len(df), dataset.context_window
     cand = np.flatnonzero((ts >= lo) & (ts < hi))
     if len(cand) == 0:
-        return ExampleBatch(_empty_frame(), 0, 0, 0, 0, 0, 0)
+        return ExampleBatch(empty_examples(), 0, 0, 0, 0, 0, 0)
     tf_ns = timeframes.seconds(feed.llm_timeframe) * 10**9
     day = ts[cand] - ts[cand] % _NS_PER_DAY
     first = np.maximum(cand - w, 0)
@@ -298,7 +298,7 @@ def build_examples(
     idx = cand[keep]
     counts = (len(cand), no_ctx, no_next, no_stride, n_low, n_emb)
     if len(idx) == 0:
-        return ExampleBatch(_empty_frame(), *counts)
+        return ExampleBatch(empty_examples(), *counts)
 
     # --- values, rounded once per column (rows from the first context row to the last successor)
     span = slice(int(idx[0] - w), int(idx[-1] + 2))
