@@ -134,8 +134,8 @@ def _to_float(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     if pd.api.types.is_float_dtype(s.dtype) or pd.api.types.is_integer_dtype(s.dtype):
         vals = s.to_numpy(dtype="float64", na_value=np.nan)
         return vals, np.zeros(len(s), dtype=bool)
-    try:  # fast path: numpy's C string->float on clean columns
-        vals = s.to_numpy(dtype=object).astype(np.float64)
+    try:  # fast path: numpy's C string->float on clean columns (np.asarray: no copy of a StringArray)
+        vals = np.asarray(s.array, dtype=object).astype(np.float64)
         return vals, np.zeros(len(s), dtype=bool)
     except (ValueError, TypeError):
         pass
@@ -359,7 +359,9 @@ def _deduplicate(good: pd.DataFrame, report: NormalizeReport) -> tuple[pd.DataFr
     fa_ns = good["fetched_at"].to_numpy("datetime64[ns]").view("int64")
     order = np.lexsort((np.arange(len(good)), fa_ns, ts_ns, sym_codes))
     if (np.diff(order) == 1).all():  # already sorted (the usual case): skip a full copy of the frame
-        g = good.reset_index(drop=True)
+        idx = good.index
+        in_place = isinstance(idx, pd.RangeIndex) and idx.start == 0 and idx.step == 1
+        g = good if in_place else good.reset_index(drop=True)
     else:
         g = good.iloc[order].reset_index(drop=True)
     sym_s, ts_s = sym_codes[order], ts_ns[order]
