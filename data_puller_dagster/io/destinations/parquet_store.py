@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from datetime import date
 from typing import Any
 
@@ -48,6 +49,7 @@ FILE_NAME = "part-0.parquet"
 SCHEMA_FILE = "_common_metadata"
 DTYPES_KEY = b"data_puller/dtypes"
 COMPRESSION = "zstd"
+WRITE_THREADS = 4  # day files encoded and written concurrently by one write
 
 
 def _filesystem(root: str) -> tuple[pafs.FileSystem, str]:
@@ -91,14 +93,33 @@ class ParquetDestination:
         groups = partition_indices(df, part)
         token = uuid.uuid4().hex[:12]
         staged: list[tuple[str, str]] = []
+
+        def stage(key: str, day: date, idx: Any) -> tuple[str, str]:
+            final = self.partition_file(table, key, day)
+            tmp = final.rsplit("/", 1)[0] + f"/.{FILE_NAME}.{token}.tmp"
+            self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+            chunk = arrow if len(groups) == 1 else arrow.take(pa.array(idx))
+            pq.write_table(chunk, tmp, filesystem=self.fs, compression=COMPRESSION)
+            return tmp, final
+
+        # Day files are small (1,440 rows of 1m), so a backfill is mostly per-file overhead: encode and
+        # write them on a few threads (pyarrow releases the GIL). Every file is staged before any move.
+        workers = min(WRITE_THREADS, len(groups))
         try:
-            for (key, day), idx in groups.items():
-                final = self.partition_file(table, key, day)
-                tmp = final.rsplit("/", 1)[0] + f"/.{FILE_NAME}.{token}.tmp"
-                self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
-                chunk = arrow if len(groups) == 1 else arrow.take(pa.array(idx))
-                pq.write_table(chunk, tmp, filesystem=self.fs, compression=COMPRESSION)
-                staged.append((tmp, final))
+            if workers <= 1:
+                for (key, day), idx in groups.items():
+                    staged.append(stage(key, day, idx))
+            else:
+                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="parquet-write") as ex:
+                    futures = [ex.submit(stage, key, day, idx) for (key, day), idx in groups.items()]
+                    wait(futures, return_when=FIRST_EXCEPTION)
+                    for f in futures:
+                        f.cancel()
+                # All threads have finished here: collect every staged file, then raise the first error.
+                staged.extend(f.result() for f in futures if not f.cancelled() and f.exception() is None)
+                errors = [f.exception() for f in futures if not f.cancelled() and f.exception() is not None]
+                if errors:
+                    raise errors[0]  # type: ignore[misc]
         except BaseException:
             for tmp, _ in staged:
                 self._delete_quietly(tmp)
