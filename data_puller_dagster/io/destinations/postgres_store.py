@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import io
 import json
+import queue
 import re
+import threading
 from typing import Any
 
 import pandas as pd
@@ -45,6 +47,8 @@ from data_puller_dagster.io.tables import PartitionSlice, TableRef
 from data_puller_dagster.symbols import check_name
 
 COMMENT_PREFIX = "data_puller dtypes: "
+COPY_CHUNK_ROWS = 65_536  # rows of CSV encoded per chunk while the server ingests the previous one
+COPY_READ_SIZE = 1 << 20  # bytes psycopg2 asks the CSV stream for per call
 # information_schema.columns.data_type of each type this destination creates
 _PG_INFO_TYPE = {
     "timestamptz": "timestamp with time zone",
@@ -116,11 +120,6 @@ class PostgresDestination:
         columns = {str(c): sql_type(t, "postgres") for c, t in df.dtypes.items()}
         if has_pdate:
             columns[PARTITION_DATE_COLUMN] = "date"
-        arrow = _timestamps_as_text(arrow)
-        buf = io.BytesIO()
-        if arrow.num_rows:
-            pacsv.write_csv(arrow, buf, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
-        buf.seek(0)
 
         conn = self._connect()
         try:
@@ -140,7 +139,8 @@ class PostgresDestination:
                     copy = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv)").format(
                         self._ident(table), sql.SQL(", ").join(sql.Identifier(c) for c in columns)
                     )
-                    cur.copy_expert(copy, buf)
+                    with _CsvStream(arrow) as stream:  # CSV is built while the server ingests
+                        cur.copy_expert(copy, stream, size=COPY_READ_SIZE)
         except psycopg2.Error as e:
             raise PostgresError(
                 f"postgres write of {self.schema(table)}.{table.name}, slice {part.describe()} failed and was "
@@ -281,6 +281,75 @@ class PostgresDestination:
                 i = arrow.schema.get_field_index(c)
                 arrow = arrow.set_column(i, c, pc.cast(arrow[c], pa.timestamp("us")))
         return restore_dtypes(arrow_to_pandas(arrow), dtypes)
+
+
+class _CsvStream:
+    """A file-like COPY source: the Arrow table as headerless CSV, encoded chunk by chunk on a thread.
+
+    The bytes are exactly those of one `write_csv` of the whole table (CSV is row by row); encoding the
+    next chunk (Arrow releases the GIL) overlaps the server parsing and indexing the previous one, and
+    memory holds a few chunks instead of the whole CSV. An encoding error is raised from `read`, which
+    aborts the COPY (and so the transaction).
+    """
+
+    def __init__(self, arrow: pa.Table, rows_per_chunk: int = COPY_CHUNK_ROWS):
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._chunk = memoryview(b"")
+        self._pos = 0
+        self._done = False
+        self._thread = threading.Thread(
+            target=self._produce, args=(arrow, rows_per_chunk), name="postgres-csv", daemon=True
+        )
+        self._thread.start()
+
+    def _put(self, item: bytes | None) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _produce(self, arrow: pa.Table, rows: int) -> None:
+        options = pacsv.WriteOptions(include_header=False, quoting_style="needed")
+        try:
+            for offset in range(0, arrow.num_rows, rows):
+                if self._stop.is_set():
+                    return
+                buf = io.BytesIO()
+                pacsv.write_csv(_timestamps_as_text(arrow.slice(offset, rows)), buf, options)
+                self._put(buf.getvalue())
+        except BaseException as e:  # handed to the reader, which raises it inside the COPY
+            self._error = e
+        finally:
+            self._put(None)
+
+    def read(self, size: int = -1) -> bytes:
+        while self._pos >= len(self._chunk) and not self._done:
+            item = self._queue.get()
+            if item is None:
+                self._done = True
+            else:
+                self._chunk, self._pos = memoryview(item), 0
+        if self._error is not None:
+            raise self._error
+        left = len(self._chunk) - self._pos
+        n = left if size is None or size < 0 else min(size, left)
+        out = self._chunk[self._pos : self._pos + n].tobytes()
+        self._pos += n
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self) -> _CsvStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _timestamps_as_text(arrow: pa.Table) -> pa.Table:
