@@ -111,7 +111,9 @@ def add_provenance(
 ) -> pd.DataFrame:
     """Append ts/symbol/timeframe/source/fetched_at columns with the contract dtypes (vectorized)."""
     n = len(df)
-    df["ts"] = ts.astype("datetime64[ns, UTC]").to_numpy() if n else pd.Series(dtype="datetime64[ns, UTC]")
+    # `.array` (positional, like to_numpy) keeps the DatetimeArray; to_numpy() of a tz-aware column is an
+    # object array of Timestamps that pandas then had to infer back, row by row.
+    df["ts"] = ts.astype("datetime64[ns, UTC]").array if n else pd.Series(dtype="datetime64[ns, UTC]")
     df["ts"] = df["ts"].astype("datetime64[ns, UTC]")
     df["symbol"] = pd.array([symbol] * n, dtype="string") if n else pd.array([], dtype="string")
     df["timeframe"] = pd.array([timeframe] * n, dtype="string") if n else pd.array([], dtype="string")
