@@ -23,7 +23,6 @@ from data_puller_dagster.assets.partitions import (
 )
 from data_puller_dagster.config import AppConfig, FeedConfig
 from data_puller_dagster.io.tables import PartitionSlice
-from data_puller_dagster.transform.calendars import expected_grid
 from data_puller_dagster.transform.gaps import find_gaps
 from data_puller_dagster.transform.normalize import normalize
 from data_puller_dagster.transform.quality import data_quality_score
@@ -41,9 +40,8 @@ CHECK_FRESHNESS = "fresh"
 MISSING_BY_DAY = "missing_by_day"
 
 
-def missing_by_day(expected: pd.DatetimeIndex, present: pd.Series, key: str) -> dict[str, dict[str, int]]:
-    """Missing candles per UTC day for one symbol (vectorized set difference + group count)."""
-    missing = expected.difference(pd.DatetimeIndex(present.dropna()))
+def missing_by_day(missing: pd.DatetimeIndex, key: str) -> dict[str, dict[str, int]]:
+    """Missing candles per UTC day for one symbol (one vectorized group count)."""
     if missing.empty:
         return {}
     counts = pd.Series(1, index=missing).groupby(missing.strftime("%Y-%m-%d")).sum()
@@ -218,44 +216,40 @@ def build_normalized_assets(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefini
 def _completeness(
     feed: FeedConfig, window: PartitionSlice, data: pd.DataFrame, now: pd.Timestamp
 ) -> dict[str, dict[str, Any]]:
-    """Gaps and freshness per symbol against the market calendar, for days that have ended or begun."""
-    # Only candles that have closed by now can be expected (and final).
+    """Gaps and freshness per symbol against the market calendar, over candles that have closed by now.
+
+    A symbol is stale when the calendar expected a candle after the last final one present.
+    """
     end = min(pd.Timestamp(window.end_ts), now.floor(timeframes.pandas_freq(feed.timeframe)))
     start = pd.Timestamp(window.start_ts)
+    final = data.loc[data["is_final"].astype(bool), ["symbol", "ts"]]
     out: dict[str, dict[str, Any]] = {}
-    symbols = feed.symbol_keys
     for key in window.keys:
-        rows = data.loc[data["symbol"] == symbols[key], "ts"] if len(data) else data["ts"]
-        final_rows = rows[data.loc[rows.index, "is_final"]] if len(rows) else rows
+        present = final.loc[final["symbol"] == feed.symbol_keys[key], "ts"]
+        last_present = present.max() if len(present) else None
         if end <= start:
             out[key] = {"missing": 0, "segments": 0, "expected": 0, "present": 0, "by_day": {},
                         "segment_list": [], "last": None, "stale": None}
             continue
-        gaps = find_gaps(final_rows, feed.asset_class, feed.timeframe, start, end)
-        seg = gaps.segments
-        expected_index = _expected(feed, start, end)
-        last_expected = expected_index.max() if len(expected_index) else None
-        last_present = final_rows.max() if len(final_rows) else None
+        gaps = find_gaps(present, feed.asset_class, feed.timeframe, start, end)
+        last_missing = gaps.missing_index.max() if len(gaps.missing_index) else None
         stale = None
-        if last_expected is not None and (last_present is None or last_present < last_expected):
-            stale = {"last_expected": str(last_expected), "last_present": str(last_present)}
+        if last_missing is not None and (last_present is None or last_missing > last_present):
+            stale = {"last_expected": str(last_missing), "last_present": str(last_present)}
         out[key] = {
             "missing": int(gaps.missing),
-            "segments": len(seg),
+            "segments": len(gaps.segments),
             "expected": int(gaps.expected),
             "present": int(gaps.present),
-            "by_day": missing_by_day(expected_index, final_rows, key),
+            "by_day": missing_by_day(gaps.missing_index, key),
             "segment_list": [
-                {"start": str(r.start), "end": str(r.end), "missing": int(r.missing)} for r in seg.itertuples()
+                {"start": str(r.start), "end": str(r.end), "missing": int(r.missing)}
+                for r in gaps.segments.itertuples()
             ],
             "last": str(last_present) if last_present is not None else None,
             "stale": stale,
         }
     return out
-
-
-def _expected(feed: FeedConfig, start: pd.Timestamp, end: pd.Timestamp) -> pd.DatetimeIndex:
-    return expected_grid(feed.asset_class, feed.timeframe, start, end)
 
 
 def _scalar_metadata(md: dict[str, Any]) -> dict[str, Any]:

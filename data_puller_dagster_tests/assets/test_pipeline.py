@@ -266,3 +266,22 @@ def test_overlapping_pages_are_deduplicated_and_foreign_rows_kept_out(tmp_path, 
     norm_md = instance.get_latest_materialization_event(asset_key(feed, "normalized", "1m")).asset_materialization.metadata
     assert norm_md["normalize/duplicates_identical"].value == 5
     assert len(read(cfg, "normalized", "1m", "2024-01-02", "2024-01-02")) == 1440
+
+
+def test_missing_candles_are_reported_per_day_and_make_the_symbol_stale(tmp_path, btc_series):
+    day_end = 1704240000000  # 2024-01-03 00:00 UTC
+    holed = btc_series[(btc_series["open_time"] < day_end - 3 * 60_000) | (btc_series["open_time"] >= day_end)]
+    with FakeBinance({("BTCUSDT", "1m"): holed}) as fake:
+        cfg = crypto_config(tmp_path, fake.url)
+        defs = build_definitions(cfg)
+        instance = dg.DagsterInstance.ephemeral()
+        result = run(defs, pipeline_job_name(cfg.feed("crypto")), instance, "2024-01-02")
+    assert result.success
+    c = checks(result)
+    assert c["schema_valid"] and not c["complete_against_calendar"] and not c["fresh"]
+    md = instance.get_latest_materialization_event(
+        asset_key(cfg.feed("crypto"), "normalized", "1m")
+    ).asset_materialization.metadata
+    assert md["missing_candles"].value == 3 and md["gap_segments"].value == 1
+    assert md["missing_by_day"].value == {"2024-01-02": {"BTCUSDT": 3}}
+    assert 0 < md["quality_score"].value < 1
