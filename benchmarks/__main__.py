@@ -93,9 +93,10 @@ def main() -> None:
             out = f.name
         t0 = time.perf_counter()
         cmd = [sys.executable, "-m", "benchmarks", "--child", m, c, out] + (["--quick"] if a.quick else [])
-        proc = subprocess.run(cmd, check=False)
+        proc = subprocess.run(cmd, check=False, stderr=subprocess.PIPE, text=True)  # Dagster logs a lot
         took = time.perf_counter() - t0
         if proc.returncode != 0:
+            print(proc.stderr[-4000:], file=sys.stderr)
             rows.append({"benchmark": f"{m}.{c}", "rows": 0, "seconds": took, "rows_per_s": float("nan"),
                          "peak_rss_mb": float("nan"), "target": "", "note": f"FAILED (exit {proc.returncode})"})
         else:
