@@ -292,7 +292,8 @@ class _CsvStream:
     aborts the COPY (and so the transaction).
     """
 
-    def __init__(self, arrow: pa.Table, rows_per_chunk: int = COPY_CHUNK_ROWS):
+    def __init__(self, arrow: pa.Table, rows_per_chunk: int | None = None):
+        rows_per_chunk = rows_per_chunk or COPY_CHUNK_ROWS
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
         self._stop = threading.Event()
         self._error: BaseException | None = None
