@@ -62,8 +62,10 @@ def tick(day: date) -> datetime:
 def evaluate(defs: dg.Definitions, feed_name: str, when: datetime) -> list[dg.RunRequest]:
     repo = defs.get_repository_def()
     schedule = repo.get_schedule_def(f"{feed_name}_daily")
-    with dg.instance_for_test() as instance:
-        ctx = dg.build_schedule_context(instance=instance, scheduled_execution_time=when, repository_def=repo)
+    with (
+        dg.instance_for_test() as instance,
+        dg.build_schedule_context(instance=instance, scheduled_execution_time=when, repository_def=repo) as ctx,
+    ):
         data = schedule.evaluate_tick(ctx)
     assert data.skip_message is None or not data.run_requests
     return list(data.run_requests or [])

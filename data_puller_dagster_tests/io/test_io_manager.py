@@ -52,8 +52,8 @@ def build(cfg: AppConfig) -> tuple[dg.AssetsDefinition, dg.AssetsDefinition, dic
         metadata=table_metadata(feed, "normalized", "1h"),
     )
     def normalized(context) -> pd.DataFrame:
-        w = context_window(context)
-        frames = [candles(feed.symbol_keys[k], w.start, w.days, seed_offset=1) for k in w.symbol_keys]
+        w = context_window(context, cfg, feed)
+        frames = [candles(feed.symbol_keys[k], w.start, w.days, seed_offset=1) for k in w.keys]
         return pd.concat(frames, ignore_index=True)
 
     @dg.asset(
@@ -63,7 +63,7 @@ def build(cfg: AppConfig) -> tuple[dg.AssetsDefinition, dg.AssetsDefinition, dic
         ins={"src": dg.AssetIn(key=["forex", "normalized_ohlcv_1h"], partition_mapping=window_mapping(2))},
     )
     def enriched(context, src: pd.DataFrame) -> pd.DataFrame:
-        w = context_window(context)
+        w = context_window(context, cfg, feed)
         seen["input"] = src
         out = src[(src["ts"] >= pd.Timestamp(w.start_ts)) & (src["ts"] < pd.Timestamp(w.end_ts))].copy()
         out["rows_in_window"] = pd.Series(len(src), index=out.index, dtype="Int64")
