@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +27,15 @@ from data_puller_dagster.sources.errors import (
     MalformedResponseError,
     SourceError,
 )
-from data_puller_dagster.sources.http import Decision, Done, Fail, HttpClient, Retry, retry_after_seconds
+from data_puller_dagster.sources.http import (
+    Decision,
+    Done,
+    Fail,
+    HttpClient,
+    Retry,
+    fetch_pages,
+    retry_after_seconds,
+)
 from data_puller_dagster.sources.ratelimit import MinuteBudget, shared_budget
 
 if TYPE_CHECKING:
@@ -250,22 +257,12 @@ class BinanceRest:
         windows = self.page_windows(timeframe, start, end)
         if not windows:
             return raw_empty(PROVIDER)
-        cancelled = threading.Event()
-        with ThreadPoolExecutor(
-            max_workers=min(self.max_concurrency, len(windows)), thread_name_prefix="binance-page"
-        ) as ex:
-            futures = [ex.submit(self._page, symbol, timeframe, ws, we, cancelled) for ws, we in windows]
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            failed = [f for f in futures if f.done() and f.exception() is not None]
-            if failed:
-                cancelled.set()
-                for f in futures:
-                    f.cancel()
-                # Report the root cause, not a "cancelled" sibling.
-                errs = [f.exception() for f in failed]
-                root = next((e for e in errs if "cancelled because" not in str(e)), errs[0])
-                raise root  # type: ignore[misc]
-            frames = [f.result() for f in futures]
+        frames = fetch_pages(
+            lambda w, cancelled: self._page(symbol, timeframe, w[0], w[1], cancelled),
+            windows,
+            self.max_concurrency,
+            "binance-page",
+        )
         return pd.concat(frames, ignore_index=True)
 
     def close(self) -> None:

@@ -12,9 +12,10 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -34,6 +35,36 @@ def redact(text: str, secrets: Iterable[str | None]) -> str:
             text = text.replace(s, REDACTED)
     return text
 
+
+
+W = TypeVar("W")
+R = TypeVar("R")
+
+
+class PageCancelledError(SourceError):
+    """A page that was not fetched because a sibling page of the same fetch failed first."""
+
+
+def fetch_pages(
+    page: Callable[[W, threading.Event], R], windows: Sequence[W], max_concurrency: int, name: str
+) -> list[R]:
+    """Fetch every page window concurrently, all or nothing.
+
+    Paging a provider is latency bound, so pages run on a thread pool (sharing the adapter's session and
+    rate-limit budget). The first failure cancels the pages not yet sent and is raised as the root cause
+    (never a cancelled sibling), so a request never succeeds with a hole in it.
+    """
+    cancelled = threading.Event()
+    with ThreadPoolExecutor(max_workers=max(1, min(max_concurrency, len(windows))), thread_name_prefix=name) as ex:
+        futures = [ex.submit(page, w, cancelled) for w in windows]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        errs = [f.exception() for f in futures if f.done() and f.exception() is not None]
+        if errs:
+            cancelled.set()
+            for f in futures:
+                f.cancel()
+            raise next((e for e in errs if not isinstance(e, PageCancelledError)), errs[0])  # type: ignore[misc]
+        return [f.result() for f in futures]
 
 @dataclass(frozen=True)
 class Done:
@@ -125,7 +156,7 @@ class HttpClient:
         rate_limited = False
         for attempt in range(self.max_retries + 1):
             if cancelled is not None and cancelled.is_set():
-                raise SourceError(
+                raise PageCancelledError(
                     f"{what}: cancelled because another page of this fetch failed", provider=self.provider
                 )
             if self.budget is not None:

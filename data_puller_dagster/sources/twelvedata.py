@@ -17,7 +17,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +36,7 @@ from data_puller_dagster.sources.errors import (
     MalformedResponseError,
     RateLimitedError,
 )
-from data_puller_dagster.sources.http import Decision, Done, Fail, HttpClient, Retry, redact
+from data_puller_dagster.sources.http import Decision, Done, Fail, HttpClient, Retry, fetch_pages, redact
 from data_puller_dagster.sources.ratelimit import MinuteBudget, shared_budget
 from data_puller_dagster.symbols import partition_key
 
@@ -258,19 +257,12 @@ class TwelveDataAdapter:
             windows = self.page_windows(timeframe, s, e)
             if not windows:
                 return raw_empty(PROVIDER)
-            cancelled = threading.Event()
-            with ThreadPoolExecutor(
-                max_workers=min(self.max_concurrency, len(windows)), thread_name_prefix="twelvedata-page"
-            ) as ex:
-                futures = [ex.submit(self._page, symbol, timeframe, ws, we, cancelled) for ws, we in windows]
-                wait(futures, return_when=FIRST_EXCEPTION)
-                errs = [f.exception() for f in futures if f.done() and f.exception() is not None]
-                if errs:
-                    cancelled.set()
-                    for f in futures:
-                        f.cancel()
-                    raise next((x for x in errs if "cancelled because" not in str(x)), errs[0])  # type: ignore[misc]
-                parts = [f.result() for f in futures]
+            parts = fetch_pages(
+                lambda w, cancelled: self._page(symbol, timeframe, w[0], w[1], cancelled),
+                windows,
+                self.max_concurrency,
+                "twelvedata-page",
+            )
             parts = [p for p in parts if len(p)]
             out = pd.concat(parts, ignore_index=True) if parts else raw_empty(PROVIDER)
         if out.empty:
