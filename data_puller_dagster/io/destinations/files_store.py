@@ -128,6 +128,19 @@ class _FileDestination:
         path = self.table_dir(table) / DTYPES_FILE
         return json.loads(path.read_text()) if path.exists() else None
 
+    def read(self, table: TableRef, part: PartitionSlice) -> pd.DataFrame:
+        """The slice's day files decoded with the recorded dtypes (empty frame when there are none)."""
+        dtypes = self._dtypes(table)
+        if dtypes is None:
+            return pd.DataFrame()
+        files = self._files(table, part)
+        if not files:
+            return empty_frame(dtypes)
+        return restore_dtypes(self._decode(files, dtypes), dtypes)
+
+    def _decode(self, files: list[Path], dtypes: dict[str, str]) -> pd.DataFrame:
+        raise NotImplementedError
+
 
 class CSVDestination(_FileDestination):
     """Per-day CSV files with a header; ISO timestamps in UTC, strings quoted, empty field = missing."""
@@ -140,20 +153,14 @@ class CSVDestination(_FileDestination):
         pacsv.write_csv(pa.Table.from_pandas(chunk, preserve_index=False), buf)
         return buf.getvalue()
 
-    def read(self, table: TableRef, part: PartitionSlice) -> pd.DataFrame:
-        dtypes = self._dtypes(table)
-        if dtypes is None:
-            return pd.DataFrame()
-        files = self._files(table, part)
-        if not files:
-            return empty_frame(dtypes)
+    def _decode(self, files: list[Path], dtypes: dict[str, str]) -> pd.DataFrame:
         opts = pacsv.ConvertOptions(
             column_types={c: _ARROW_TYPE[dtype_kind(t)] for c, t in dtypes.items()},
             strings_can_be_null=True,
             quoted_strings_can_be_null=False,
         )
         arrow = pa.concat_tables(pacsv.read_csv(f, convert_options=opts) for f in files)
-        return restore_dtypes(arrow_to_pandas(arrow), dtypes)
+        return arrow_to_pandas(arrow)
 
 
 class JSONLDestination(_FileDestination):
@@ -180,13 +187,9 @@ class JSONLDestination(_FileDestination):
                 f"jsonl: dataset table {table.qualified} is stored as bare serialized lines and cannot be read "
                 "back as a table; read it from storage.primary (parquet, duckdb or postgres)"
             )
-        dtypes = self._dtypes(table)
-        if dtypes is None:
-            return pd.DataFrame()
-        files = self._files(table, part)
-        if not files:
-            return empty_frame(dtypes)
+        return super().read(table, part)
+
+    def _decode(self, files: list[Path], dtypes: dict[str, str]) -> pd.DataFrame:
         text = b"".join(f.read_bytes() for f in files)
         dates = [c for c, t in dtypes.items() if dtype_kind(t) in ("tz", "naive")]
-        raw = pd.read_json(io.BytesIO(text), lines=True, convert_dates=dates, dtype=False)
-        return restore_dtypes(raw, dtypes)
+        return pd.read_json(io.BytesIO(text), lines=True, convert_dates=dates, dtype=False)
