@@ -66,3 +66,40 @@ def floor(ts: pd.Series | pd.DatetimeIndex, tf: str) -> pd.Series | pd.DatetimeI
 def is_finer_or_equal(a: str, b: str) -> bool:
     """True if `b` can be built from `a` (b is a whole multiple of a)."""
     return seconds(b) % seconds(a) == 0 and seconds(b) >= seconds(a)
+
+
+# Provider interval names -> seconds: Twelve Data (`1min`, `1h`, `1day`, `1week`, `1month`) and Binance
+# (`1m`, `1h`, `1d`, `1w`, `1M`). Months are counted as 30 days: only ever compared, never used on a grid.
+_UNIT_SECONDS: dict[str, int] = {
+    "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "day": 86400,
+    "w": 604800, "week": 604800, "M": 2592000, "month": 2592000, "mo": 2592000,
+}  # fmt: skip
+
+
+def interval_seconds(text: str) -> int | None:
+    """Seconds of a provider's interval name (`5min`, `1h`, `1day`, `5m`...), None if not recognised.
+
+    Why: a response states its own interval (Twelve Data `meta.interval`); comparing it with the one
+    asked for is how a wrong-interval answer is told apart from real data.
+    """
+    s = str(text).strip()
+    i = 0
+    while i < len(s) and s[i].isdigit():
+        i += 1
+    if i == 0 or s[i:] not in _UNIT_SECONDS:
+        return None
+    return int(s[:i]) * _UNIT_SECONDS[s[i:]]
+
+
+def describe_seconds(sec: int) -> str:
+    """A duration as the project's timeframe name when it is one (`300` -> `5m`), else e.g. `7m30s`."""
+    for name, s in _SECONDS.items():
+        if s == sec:
+            return name
+    if sec % 86400 == 0:
+        return f"{sec // 86400}d"
+    if sec % 3600 == 0:
+        return f"{sec // 3600}h"
+    if sec % 60 == 0:
+        return f"{sec // 60}m"
+    return f"{sec}s" if sec < 60 else f"{sec // 60}m{sec % 60}s"

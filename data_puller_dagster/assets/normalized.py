@@ -22,7 +22,8 @@ from data_puller_dagster.assets.partitions import (
     feed_partitions,
 )
 from data_puller_dagster.config import AppConfig, FeedConfig
-from data_puller_dagster.io.tables import PartitionSlice
+from data_puller_dagster.io.tables import PartialOutput, PartitionSlice
+from data_puller_dagster.transform.acceptance import drop_rejected, judge_days
 from data_puller_dagster.transform.gaps import find_gaps
 from data_puller_dagster.transform.normalize import normalize
 from data_puller_dagster.transform.quality import data_quality_score
@@ -60,7 +61,12 @@ def build_normalized_assets(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefini
             CHECK_SCHEMA,
             asset=norm_key,
             blocking=True,
-            description="Canonical schema (pandera, lazy) and every candle inside the requested days.",
+            description=(
+                "Canonical schema (pandera, lazy), every candle inside the requested days, and every "
+                "(symbol, day) accepted on its own rows: the provider's interval is the one asked for and "
+                "at most validation.max_quarantined_fraction of the day's rows are quarantined. A rejected "
+                "day keeps its stored version (listed in rejected_partitions); the run's other days are stored."
+            ),
         ),
         dg.AssetCheckSpec(CHECK_DUPLICATES, asset=norm_key, description="No conflicting duplicate candles."),
         dg.AssetCheckSpec(
@@ -108,13 +114,22 @@ def build_normalized_assets(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefini
         window = context_window(context, cfg, feed)
         now = pd.Timestamp.now(tz="UTC")
         result = normalize(raw, asset_class=feed.asset_class, timeframe=tf, now=now)
-        data, quarantine, report = result.data, result.quarantine, result.report
+        quarantine, report = result.quarantine, result.report
+        # Each (symbol, day) partition is judged on its own rows: a rejected day (wrong interval, too much
+        # quarantined) keeps its stored version; the other days of the run are still stored.
+        rejections = judge_days(
+            raw, result, timeframe=tf, symbols=window.displays, days=window.dates,
+            max_quarantined_fraction=cfg.validation.max_quarantined_fraction,
+        )  # fmt: skip
+        data = drop_rejected(result.data, rejections)
+        key_of = {d: k for k, d in window.symbols.items()}
+        keep = frozenset((key_of[r.symbol], r.day) for r in rejections.itertuples())
 
         outside = data[(data["ts"] < window.start_ts) | (data["ts"] >= window.end_ts)]
         summary = validate_normalized(data)
         quarantined_fraction = len(quarantine) / report.rows_in if report.rows_in else 0.0
-        too_broken = quarantined_fraction > cfg.validation.max_quarantined_fraction
-        schema_ok = summary.ok and outside.empty and not too_broken
+        storable = summary.ok and outside.empty and len(keep) < len(window.keys) * window.days
+        schema_ok = summary.ok and outside.empty and rejections.empty
 
         per_symbol = _completeness(feed, window, data, now)
         missing = sum(s["missing"] for s in per_symbol.values())
@@ -137,14 +152,19 @@ def build_normalized_assets(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefini
             **{f"normalize/{k}": v for k, v in _scalar_metadata(report.as_metadata()).items()},
         }
 
-        if schema_ok:
-            yield dg.Output(data, output_name="normalized", metadata={**frame_metadata(data), **common})
+        for r in rejections.itertuples():
+            context.log.error(f"normalized {feed.name} {tf}: {r.detail}")
+        if storable:
+            value = PartialOutput(data, keep) if keep else data
+            md = {**frame_metadata(data), **common}
+            if keep:
+                md["rejected_partitions"] = _rejections_table(rejections)
+            yield dg.Output(value, output_name="normalized", metadata=md)
         else:
             context.log.error(
-                f"normalized data for {window.keys} {window.start}..{window.end} is invalid; not stored. "
-                f"schema failures: {summary.failures}; rows outside the requested days: {len(outside)}; "
-                f"quarantined {quarantined_fraction:.0%} of rows (limit "
-                f"{cfg.validation.max_quarantined_fraction:.0%}, validation.max_quarantined_fraction)"
+                f"normalized data for {window.describe()} is not stored (every partition keeps its stored "
+                f"version): schema failures: {summary.failures}; rows outside the requested days: "
+                f"{len(outside)}; rejected partitions: {len(keep)} of {len(window.keys) * window.days}"
             )
         yield dg.Output(quarantine, output_name="quarantine", metadata=frame_metadata(quarantine))
 
@@ -153,12 +173,16 @@ def build_normalized_assets(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefini
             check_name=CHECK_SCHEMA,
             passed=bool(schema_ok),
             severity=dg.AssetCheckSeverity.ERROR,
+            description=(
+                "; ".join(rejections["detail"].head(5)) if not rejections.empty else None
+            ),
             metadata={
                 "failures": dg.MetadataValue.json(_jsonable(summary.failures)),
                 "rows_outside_window": dg.MetadataValue.int(len(outside)),
-                "quarantined_fraction": dg.MetadataValue.float(float(quarantined_fraction)),
+                "quarantined_fraction": dg.MetadataValue.float(round(float(quarantined_fraction), 4)),
+                "rejected_partitions": _rejections_table(rejections),
                 "sample": sample_rows(
-                    outside if not outside.empty else quarantine if too_broken else summary.sample
+                    outside if not outside.empty else quarantine if not rejections.empty else summary.sample
                 ),
             },
         )
@@ -250,6 +274,23 @@ def _completeness(
             "stale": stale,
         }
     return out
+
+
+def _rejections_table(rejections: pd.DataFrame) -> dg.MetadataValue:
+    """The rejected (day, symbol) partitions as a table the Checks tab shows."""
+    schema = dg.TableSchema(
+        columns=[
+            dg.TableColumn("day", "string"), dg.TableColumn("symbol", "string"),
+            dg.TableColumn("reason", "string"), dg.TableColumn("rows_in", "int"),
+            dg.TableColumn("quarantined", "int"), dg.TableColumn("detail", "string"),
+        ]
+    )  # fmt: skip
+    records = [
+        dg.TableRecord({"day": str(r.day), "symbol": str(r.symbol), "reason": str(r.reason),
+                        "rows_in": int(r.rows_in), "quarantined": int(r.quarantined), "detail": str(r.detail)})
+        for r in rejections.itertuples()
+    ]  # fmt: skip
+    return dg.MetadataValue.table(records, schema=schema)
 
 
 def _scalar_metadata(md: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import pandas as pd
 from data_puller_dagster.config import AppConfig
 from data_puller_dagster.io.errors import StorageError
 from data_puller_dagster.io.router import Router
-from data_puller_dagster.io.tables import PartitionSlice, TableRef
+from data_puller_dagster.io.tables import PartialOutput, PartitionSlice, TableRef
 from data_puller_dagster.symbols import check_key
 
 DATE_DIM = "date"
@@ -108,6 +108,9 @@ class RouterIOManager(dg.IOManager):
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         if obj is None:  # assets that write files themselves
             return
+        keep: frozenset = frozenset()
+        if isinstance(obj, PartialOutput):
+            keep, obj = obj.keep, obj.frame
         what = f"asset {context.asset_key.to_user_string() if context.has_asset_key else context.name}"
         if not isinstance(obj, pd.DataFrame):
             raise IOManagerContractError(
@@ -119,17 +122,31 @@ class RouterIOManager(dg.IOManager):
                 f"{what}: not partitioned; routed tables are partitioned by date x symbol"
             )
         part = slice_from_keys(self.cfg, table.feed, list(context.asset_partition_keys), what)
-        summary = self.router.write(table, obj, part)
-        md: dict[str, Any] = {
-            "slice": dg.MetadataValue.text(part.describe()),
-            "routed_rows": dg.MetadataValue.json(summary.rows_by_destination),
-        }
-        for r in summary.results:
-            if r.ok and "location" in r.metadata:
-                md[f"location/{r.route}/{r.destination}"] = dg.MetadataValue.text(str(r.metadata["location"]))
-        if summary.warnings:
-            md["storage_warnings"] = dg.MetadataValue.json(summary.warnings)
-            for w in summary.warnings:
+        if keep:
+            # Only the accepted partitions are replaced, each contiguous run of days on its own.
+            summaries = [self.router.write(table, _restrict(obj, sub), sub) for sub in part.without(keep)]
+        else:
+            summaries = [self.router.write(table, obj, part)]
+        rows: dict[str, int] = {}
+        md: dict[str, Any] = {"slice": dg.MetadataValue.text(part.describe())}
+        warnings: list[str] = []
+        for summary in summaries:
+            for dest, n in summary.rows_by_destination.items():
+                rows[dest] = rows.get(dest, 0) + n
+            for r in summary.results:
+                if r.ok and "location" in r.metadata:
+                    md[f"location/{r.route}/{r.destination}"] = dg.MetadataValue.text(str(r.metadata["location"]))
+            warnings += summary.warnings
+        md["routed_rows"] = dg.MetadataValue.json(rows)
+        if keep:
+            md["kept_stored_partitions"] = dg.MetadataValue.json(sorted(f"{d}|{k}" for k, d in keep))
+            context.log.warning(
+                f"{what}: {len(keep)} partition(s) not replaced, their stored version stays: "
+                + ", ".join(sorted(f"{d}|{k}" for k, d in keep))
+            )
+        if warnings:
+            md["storage_warnings"] = dg.MetadataValue.json(warnings)
+            for w in warnings:
                 context.log.warning(f"{what}: storage route failed (on_error: warn): {w}")
         context.add_output_metadata(md)
 
@@ -152,6 +169,13 @@ class RouterIOManager(dg.IOManager):
     def _any_symbol(self, table: TableRef) -> dict[str, str]:
         k, d = next(iter(self.cfg.feed(table.feed).symbol_keys.items()))
         return {k: d}
+
+
+def _restrict(df: pd.DataFrame, part: PartitionSlice) -> pd.DataFrame:
+    """The rows of `df` that belong to `part` (its symbols, its days)."""
+    ts = df["ts"]
+    inside = df["symbol"].isin(part.displays) & (ts >= part.start_ts) & (ts < part.end_ts)
+    return df[inside.to_numpy(dtype=bool)].reset_index(drop=True)
 
 
 def build_io_manager(cfg: AppConfig) -> dg.IOManagerDefinition:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
 from data_puller_dagster.config import LAYERS
 from data_puller_dagster.symbols import check_key, check_name, check_symbol, partition_key
@@ -104,3 +105,31 @@ class PartitionSlice:
     def describe(self) -> str:
         days = str(self.start) if self.start == self.end else f"{self.start}..{self.end}"
         return f"{','.join(self.keys)} x {days}"
+
+    def without(self, keep: frozenset[tuple[str, date]]) -> list[PartitionSlice]:
+        """The slice minus the (symbol key, day) partitions in `keep`, as one slice per symbol and
+        contiguous run of remaining days (each is then a unit the stores replace atomically)."""
+        out: list[PartitionSlice] = []
+        for key in self.keys:
+            run: list[date] = []
+            for d in [*self.dates, None]:
+                if d is not None and (key, d) not in keep:
+                    run.append(d)
+                    continue
+                if run:
+                    out.append(PartitionSlice({key: self.symbols[key]}, run[0], run[-1]))
+                    run = []
+        return out
+
+
+@dataclass(frozen=True)
+class PartialOutput:
+    """An asset output that replaces only some partitions of its run's slice.
+
+    Why: a run covers a range of days, but a day whose provider answer was rejected (see
+    transform.acceptance) must keep its stored version while the good days of the same run are stored.
+    `frame` holds the new rows; the (symbol key, day) partitions in `keep` are left exactly as stored.
+    """
+
+    frame: Any
+    keep: frozenset[tuple[str, date]]

@@ -58,6 +58,8 @@ RULES: dict[str, str] = {
     "misaligned_ts": "timestamp is not on the timeframe grid",
     "future_ts": "candle opens after the time of normalization",
     "timeframe_mismatch": "row's timeframe differs from the timeframe being normalized",
+    "interval_mismatch": "the provider's interval for this row (close_time - open_time, meta.interval) "
+    "is not the timeframe asked for",
     "invalid_symbol": "symbol is missing or not a valid display symbol",
     "unparseable_price": "open/high/low/close missing, non-numeric or non-finite",
     "nonpositive_price": "a price is <= 0",
@@ -116,12 +118,19 @@ class NormalizeReport:
 class NormalizeResult:
     """`data`: canonical, sorted by (symbol, ts), one row per (symbol, timeframe, ts).
     `quarantine`: `QUARANTINE_DTYPES` columns. `conflicts`: the losing rows of conflicting duplicates
-    (canonical columns), for audit. `report`: counts."""
+    (canonical columns), for audit. `report`: counts.
+
+    Per input row, positionally aligned with the raw frame (so callers can judge each day on its own
+    rows, see transform.acceptance): `row_rule` is the quarantine rule ("" when the row passed) and
+    `row_interval_s` the interval in seconds the provider stated for the row (NaN without evidence).
+    """
 
     data: pd.DataFrame
     quarantine: pd.DataFrame
     conflicts: pd.DataFrame
     report: NormalizeReport
+    row_rule: np.ndarray = field(default_factory=lambda: np.array([], dtype=object))
+    row_interval_s: np.ndarray = field(default_factory=lambda: np.array([], dtype="float64"))
 
 
 def empty_quarantine() -> pd.DataFrame:
@@ -144,17 +153,48 @@ def _to_float(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return vals, bad
 
 
+def _ts_unit(v: np.ndarray) -> np.ndarray:
+    """ns per unit of each Binance epoch value, decided by magnitude (s, ms, µs or ns)."""
+    return np.select([v < 10**11, v < 10**14, v < 10**17], [10**9, 10**6, 10**3], 1)
+
+
+def _epoch_ints(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 values, valid mask) of an epoch column that may arrive as ints, floats or text."""
+    if pd.api.types.is_integer_dtype(col.dtype) and not isinstance(col.dtype, pd.Int64Dtype):
+        v = col.to_numpy(dtype="int64")
+        return v, v > 0
+    num = pd.to_numeric(col, errors="coerce").astype("Float64")
+    valid = (num.notna() & (num > 0) & (num == num.round())).fillna(False).to_numpy(dtype=bool)
+    return np.where(valid, num.fillna(0).to_numpy(dtype="float64"), 0).astype("int64"), valid
+
+
+def _binance_interval_s(raw: pd.DataFrame) -> np.ndarray:
+    """Seconds each kline says it spans (`close_time - open_time + 1`, in open_time's unit); NaN if unknown."""
+    if "close_time" not in raw.columns:
+        return np.full(len(raw), np.nan)
+    ot, ot_ok = _epoch_ints(raw["open_time"])
+    ct, ct_ok = _epoch_ints(raw["close_time"])
+    ok = ot_ok & ct_ok & (ct >= ot)
+    span = np.where(ok, ct - ot + 1, 0).astype("float64") * _ts_unit(np.where(ok, ot, 1)) / 1e9
+    return np.where(ok, span, np.nan)
+
+
+def _twelvedata_interval_s(raw: pd.DataFrame) -> np.ndarray:
+    """Seconds of the `interval` the response's meta stated (NaN where the raw frame has none)."""
+    if "interval" not in raw.columns:
+        return np.full(len(raw), np.nan)
+    text = raw["interval"].astype("string")
+    uniq = pd.unique(text.dropna())  # a handful of names per frame, not per row
+    secs = {u: timeframes.interval_seconds(u) for u in uniq}
+    mapped = text.map(lambda u: secs.get(u) if u is not pd.NA else None, na_action="ignore")
+    return pd.to_numeric(mapped, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+
+
 def _binance_ts(raw: pd.DataFrame) -> tuple[np.ndarray, pd.Series]:
     """open_time in s/ms/µs/ns (by magnitude) -> ns int64 (NaT value where unparseable), raw text."""
     ot = raw["open_time"]
-    if pd.api.types.is_integer_dtype(ot.dtype) and not isinstance(ot.dtype, pd.Int64Dtype):
-        v = ot.to_numpy(dtype="int64")
-        valid = v > 0
-    else:
-        num = pd.to_numeric(ot, errors="coerce").astype("Float64")
-        valid = (num.notna() & (num > 0) & (num == num.round())).fillna(False).to_numpy(dtype=bool)
-        v = np.where(valid, num.fillna(0).to_numpy(dtype="float64"), 0).astype("int64")
-    mult = np.select([v < 10**11, v < 10**14, v < 10**17], [10**9, 10**6, 10**3], 1)
+    v, valid = _epoch_ints(ot)
+    mult = _ts_unit(v)
     with np.errstate(over="ignore"):
         ns = v * mult
     valid &= (ns // mult) == v  # overflow guard
@@ -230,8 +270,10 @@ def normalize(
 
     if layout == "binance":
         ts_ns, raw_ts = _binance_ts(raw)
+        interval_s = _binance_interval_s(raw)
     else:
         ts_ns, raw_ts = _twelvedata_ts(raw, raw_tz)
+        interval_s = _twelvedata_interval_s(raw)
     ts = pd.Series(ts_ns.view("datetime64[ns]"), dtype="datetime64[ns]").dt.tz_localize("UTC")
     ts_ok = ~ts.isna().to_numpy()
 
@@ -274,6 +316,7 @@ def normalize(
                 if "timeframe" in raw.columns
                 else np.zeros(n, dtype=bool)
             ),
+            "interval_mismatch": ~np.isnan(interval_s) & (interval_s != timeframes.seconds(timeframe)),
             "invalid_symbol": ~symbol.isin(good_syms).to_numpy(dtype=bool),
             "unparseable_price": bad_price,
             "nonpositive_price": ~bad_price & ((o <= 0) | (h <= 0) | (lo <= 0) | (c <= 0)),
@@ -320,7 +363,10 @@ def normalize(
     report.zero_trade_candles = int(zero.sum())
     if len(data):
         report.first_ts, report.last_ts = str(data["ts"].min()), str(data["ts"].max())
-    return NormalizeResult(data=data, quarantine=quarantine, conflicts=conflicts, report=report)
+    return NormalizeResult(
+        data=data, quarantine=quarantine, conflicts=conflicts, report=report, row_rule=rule,
+        row_interval_s=interval_s,
+    )
 
 
 def _quarantine(

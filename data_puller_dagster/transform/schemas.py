@@ -122,6 +122,8 @@ class RawTwelveDataModel(pa.DataFrameModel):
     low: Series[pd.StringDtype] = pa.Field(nullable=True)
     close: Series[pd.StringDtype] = pa.Field(nullable=True)
     volume: Series[pd.StringDtype] = pa.Field(nullable=True)
+    # meta.interval of the response; optional so raw partitions stored before it existed still read.
+    interval: Series[pd.StringDtype] | None = pa.Field(nullable=True)
     ts: Series[UTC_TS] = pa.Field(nullable=True)
     symbol: Series[pd.StringDtype]
     timeframe: Series[pd.StringDtype] = pa.Field(isin=list(timeframes.TIMEFRAMES))

@@ -46,11 +46,13 @@ def test_binance_rest_klines_with_zero_trade_candles() -> None:
 def test_archive_microsecond_open_times() -> None:
     raw = R.binance_archive_csv(R.FIXTURES / "binance" / "DOGEUSDT-1s-2025-01-01.sample.csv", "DOGEUSDT", "1m")
     res = normalize(raw, asset_class="crypto", timeframe="1m")
-    # 16-digit µs: 1735689600000000 is 2025-01-01 00:00:00; the next two (1 s apart) are off the 1m grid
-    assert res.data["ts"].tolist() == [pd.Timestamp("2025-01-01", tz="UTC")]
-    assert res.quarantine["rule"].tolist() == ["misaligned_ts"] * 2
-    assert res.quarantine["raw_ts"].tolist() == ["1735689601000000", "1735689602000000"]
-    assert res.quarantine["ts"].tolist() == [pd.Timestamp(f"2025-01-01 00:00:0{i}", tz="UTC") for i in (1, 2)]
+    # 16-digit µs: 1735689600000000 is 2025-01-01 00:00:00; the next two (1 s apart) are off the 1m grid.
+    # The first is on the grid, but its own close_time says it spans 1 s: a 1s kline, not a 1m candle.
+    assert res.data.empty
+    assert res.quarantine["ts"].tolist() == [pd.Timestamp(f"2025-01-01 00:00:0{i}", tz="UTC") for i in range(3)]
+    assert res.quarantine["rule"].tolist() == ["interval_mismatch", "misaligned_ts", "misaligned_ts"]
+    assert res.quarantine["raw_ts"].tolist() == ["1735689600000000", "1735689601000000", "1735689602000000"]
+    assert res.row_interval_s.tolist() == [1.0, 1.0, 1.0]
     _accounted(res)
 
 
@@ -99,6 +101,7 @@ def _broken_btc() -> pd.DataFrame:
     raw.loc[2, "open_time"] += 60_000  # 1 minute off the 1h grid
     raw.loc[3, "open_time"] = 4_102_444_800_000  # 2100-01-01
     raw.loc[4, "timeframe"] = "4h"
+    raw.loc[12, "close_time"] = raw.loc[12, "open_time"] + 300_000 - 1  # a 5m kline answered for 1h
     raw.loc[5, "symbol"] = "btc usdt"
     raw.loc[6, "close"] = "n/a"
     raw.loc[7, "low"] = "0"
@@ -120,7 +123,7 @@ def test_every_rule_quarantines_with_reason() -> None:
     expected_rules = list(RULES)
     assert q.sort_values("rule", key=lambda s: s.map(expected_rules.index))["rule"].tolist() == expected_rules
     assert res.report.quarantined_by_rule == {r: 1 for r in RULES}
-    assert len(res.data) == 40 - 12 and validate_normalized(res.data).ok
+    assert len(res.data) == 40 - 13 and validate_normalized(res.data).ok
     row = q[q["rule"] == "high_below_low"].iloc[0]
     assert row["high"] == 1.0 and row["low"] == 2.0 and "high < low" in row["detail"]
     assert "high < max(open, close)" in row["detail"]  # every broken rule is listed
@@ -128,7 +131,7 @@ def test_every_rule_quarantines_with_reason() -> None:
     assert q.loc[q["rule"] == "unparseable_ts", "raw_ts"].tolist() == ["-5"]
     _accounted(res)
     md = quality_metadata(res.report)
-    assert md["quarantined/high_below_low"] == 1 and md["data_quality_score"] == pytest.approx(28 / 40)
+    assert md["quarantined/high_below_low"] == 1 and md["data_quality_score"] == pytest.approx(27 / 40)
 
 
 def test_duplicates_identical_conflicting_and_superseded_open() -> None:
