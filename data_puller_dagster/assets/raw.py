@@ -1,5 +1,11 @@
-"""`<feed>/raw_ohlcv_<tf>`: exactly what the provider returned, for audit and replay."""
+"""`<feed>/raw_ohlcv_<tf>`: exactly what the provider returned, for audit and replay.
 
+Errors a retry cannot fix (a Binance ban, a refused key, an invalid symbol, an archive day that fails
+verification and that REST cannot replace, ...) become `dg.Failure(allow_retries=False)` naming the
+feed, symbol, range and the fix: the RetryPolicy would otherwise re-run the step in a new process that
+hits the provider again - for a 418, lengthening the ban. Timeouts, 5xx and exhausted 429s are
+re-raised as they are, so the policy retries them.
+"""
 
 import dagster as dg
 import pandas as pd
@@ -9,7 +15,15 @@ from data_puller_dagster.assets.metadata import frame_metadata
 from data_puller_dagster.assets.naming import asset_key, table_metadata
 from data_puller_dagster.assets.partitions import backfill_policy, context_window, feed_partitions
 from data_puller_dagster.config import AppConfig, FeedConfig
-from data_puller_dagster.sources import build_adapter, raw_empty
+from data_puller_dagster.sources import (
+    AuthenticationError,
+    ChecksumMismatchError,
+    InvalidRequestError,
+    IpBannedError,
+    SourceError,
+    build_adapter,
+    raw_empty,
+)
 
 CODE_VERSION = "raw-1"
 
@@ -17,6 +31,41 @@ CODE_VERSION = "raw-1"
 def provider_of(feed: FeedConfig) -> str:
     """Pool and run-tag value that bounds concurrent calls to one provider."""
     return feed.source
+
+
+_NOT_RETRIED = {
+    IpBannedError: "the provider banned this IP; retrying would only lengthen the ban",
+    AuthenticationError: "the API key was refused; retrying sends the same key",
+    InvalidRequestError: "the provider rejects this request the same way every time",
+    ChecksumMismatchError: "the archive file fails verification and REST could not replace the day",
+}
+
+
+def source_failure(feed: FeedConfig, symbol: str, start: object, end: object, err: SourceError) -> dg.Failure:
+    """A non-retryable source error as a Failure that names feed, symbol, range, cause and fix."""
+    why = next(
+        (text for cls, text in _NOT_RETRIED.items() if isinstance(err, cls)),
+        "retrying the same request cannot succeed",
+    )
+    md: dict[str, dg.RawMetadataValue] = {
+        "feed": feed.name,
+        "source": feed.source,
+        "symbol": symbol,
+        "timeframe": feed.timeframe,
+        "range": f"{start} .. {end}",
+        "error_type": type(err).__name__,
+    }
+    until = getattr(err, "until", None)
+    if until is not None:
+        md["banned_until"] = until.isoformat()
+    return dg.Failure(
+        description=(
+            f"feed {feed.name!r}: fetching {symbol} {feed.timeframe} {start} .. {end} from {feed.source} "
+            f"failed with {type(err).__name__} (not retried: {why}): {err}"
+        ),
+        metadata=md,
+        allow_retries=False,
+    )
 
 
 def build_raw_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition:
@@ -54,9 +103,20 @@ def build_raw_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition:
                     f"fetching {symbols[k]} {tf} {window.start_ts:%Y-%m-%d} .. {window.end:%Y-%m-%d} "
                     f"from {feed.source}"
                 )
-                frames.append(adapter.fetch(symbols[k], tf, window.start_ts, window.end_ts))
+                try:
+                    frames.append(adapter.fetch(symbols[k], tf, window.start_ts, window.end_ts))
+                except SourceError as err:
+                    if err.retryable:
+                        raise  # the RetryPolicy retries it (timeouts, 5xx, exhausted 429)
+                    raise source_failure(feed, symbols[k], window.start, window.end, err) from err
         finally:
             adapter.close()
+        fallbacks = list(getattr(adapter, "checksum_fallbacks", []))
+        for fb in fallbacks:
+            context.log.warning(
+                f"{fb.symbol} {fb.timeframe} {fb.day}: archive file not used ({fb.reason}); the day was "
+                "fetched over REST instead"
+            )
         df = pd.concat(frames, ignore_index=True) if frames else raw_empty(feed.source)
         # A day partition can only hold its own candles. Rows the provider sent for other times are
         # counted and logged (they mean the response did not match the request), not stored here.
@@ -70,6 +130,8 @@ def build_raw_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition:
             df = df[inside].reset_index(drop=True)
         md = frame_metadata(df)
         md["rows_outside_window"] = dg.MetadataValue.int(outside)
+        if feed.source == "binance":
+            md["archive_checksum_fallback_days"] = dg.MetadataValue.int(len(fallbacks))
         return dg.Output(df, metadata=md)
 
     return raw

@@ -49,6 +49,9 @@ TWELVEDATA_RAW_DTYPES: dict[str, str] = {
     "low": "string",
     "close": "string",
     "volume": "string",
+    # The response's own `meta.interval` (e.g. "1h", "1day"): the evidence that tells a wrong-interval
+    # answer from real data (normalize's interval_mismatch rule). <NA> when the body had no meta.
+    "interval": "string",
     **PROVENANCE_DTYPES,
 }
 RAW_DTYPES: dict[str, dict[str, str]] = {"binance": BINANCE_RAW_DTYPES, "twelvedata": TWELVEDATA_RAW_DTYPES}
@@ -73,11 +76,18 @@ def raw_empty(provider: str) -> pd.DataFrame:
 
 
 def build_adapter(cfg: AppConfig, feed: FeedConfig) -> SourceAdapter:
-    """The adapter for `feed.source`, configured from `cfg.sources` (one HTTP session per adapter)."""
+    """The adapter for `feed.source`, configured from `cfg.sources` (one HTTP session per adapter).
+
+    Binance bans are persisted under `<storage.data_dir>/.state/bans.json` so every process of the
+    deployment (step retries, daemon runs, CLI commands) honours them (see sources/bans.py).
+    """
     if feed.source == "binance":
+        from data_puller_dagster.sources.bans import BanStore
         from data_puller_dagster.sources.binance import BinanceAdapter
 
-        return BinanceAdapter.from_config(cfg.sources.binance)
+        return BinanceAdapter.from_config(
+            cfg.sources.binance, bans=BanStore.for_data_dir(cfg.storage.data_dir)
+        )
     if feed.source == "twelvedata":
         from data_puller_dagster.sources.twelvedata import TwelveDataAdapter
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,8 +21,10 @@ import pandas as pd
 import requests
 
 from data_puller_dagster import timeframes
+from data_puller_dagster.sources.bans import BanStore, ban_key
 from data_puller_dagster.sources.base import KLINE_FIELDS, add_provenance, check_range, raw_empty
 from data_puller_dagster.sources.errors import (
+    ChecksumMismatchError,
     InvalidRequestError,
     IpBannedError,
     MalformedResponseError,
@@ -51,6 +54,8 @@ PAGE_LIMIT = 1000
 # Project timeframe -> Binance interval (identical names today; mapped here so that stays one place).
 BINANCE_INTERVALS: dict[str, str] = {tf: tf for tf in timeframes.TIMEFRAMES}
 _MICROS_THRESHOLD = 10**14  # ms epochs have 13 digits until year 5138; µs have 16
+# A 418 without an end (no body timestamp, no Retry-After): assume Binance's shortest ban.
+DEFAULT_BAN = timedelta(minutes=2)
 
 
 def _ms(ts: pd.Timestamp) -> int:
@@ -165,8 +170,12 @@ class BinanceRest:
         backoff_max: float = 30.0,
         page_limit: int = PAGE_LIMIT,
         now: Callable[[], pd.Timestamp] | None = None,
+        bans: BanStore | None = None,
     ):
         self.base_url = base_url.rstrip("/")
+        # Bans every process sees (None: only this process's budget remembers them).
+        self.bans = bans
+        self.ban_key = ban_key(PROVIDER, self.base_url)
         self.max_concurrency = max_concurrency
         self.page_limit = page_limit
         self.now = now or (lambda: pd.Timestamp.now(tz="UTC"))
@@ -188,6 +197,44 @@ class BinanceRest:
         ends = np.minimum(starts + span, end_ms) - 1
         return list(zip(starts.tolist(), ends.tolist(), strict=True))
 
+    def _where_recorded(self) -> str:
+        return f" (recorded in {self.bans.path})" if self.bans is not None else ""
+
+    def _guard(self, what: str, symbol: str) -> Callable[[], None]:
+        """Raise before sending while a ban recorded by any process of the deployment is running."""
+
+        def guard() -> None:
+            if self.bans is None:
+                return
+            end = self.bans.until(self.ban_key)
+            if end is None:
+                return
+            until = datetime.fromtimestamp(end, UTC)
+            raise IpBannedError(
+                f"{what}: IP banned until {until.isoformat()} by Binance{self._where_recorded()}; no request "
+                f"is sent to {self.ban_key.split(' ', 1)[1]} before then (each one would lengthen the ban). "
+                "Re-run after that time; lower max_concurrency or weight_budget_per_minute to avoid new bans",
+                until=until, symbol=symbol)  # fmt: skip
+
+        return guard
+
+    def _banned(self, resp: requests.Response, msg: str, what: str, symbol: str) -> Fail:
+        """A 418: remember the end in this process and for every other one, and stop."""
+        until = ban_until(resp, msg)
+        assumed = until is None
+        if until is None:
+            until = datetime.now(UTC) + DEFAULT_BAN
+        if self.budget is not None:
+            self.budget.ban(until.timestamp())
+        if self.bans is not None:
+            self.bans.record(self.ban_key, until.timestamp(), f"HTTP 418 for {what}: {msg[:200]}")
+        note = " (no end given; assuming 2 minutes, the shortest Binance ban)" if assumed else ""
+        return Fail(IpBannedError(
+            f"{what}: HTTP 418, IP banned until {until.isoformat()}{note} ({msg}){self._where_recorded()}; "
+            "no request is sent to Binance from this deployment until then (each one would lengthen the "
+            "ban). Re-run after that time; lower max_concurrency or weight_budget_per_minute",
+            until=until, symbol=symbol))  # fmt: skip
+
     def _classify(self, what: str, symbol: str) -> Callable[[requests.Response], Decision]:
         def classify(resp: requests.Response) -> Decision:
             s = resp.status_code
@@ -204,13 +251,7 @@ class BinanceRest:
                     )
             code, msg = binance_error(resp)
             if s == 418:
-                until = ban_until(resp, msg)
-                if until is not None and self.budget is not None:
-                    self.budget.ban(until.timestamp())
-                return Fail(IpBannedError(
-                    f"{what}: HTTP 418, IP banned until {until.isoformat() if until else 'unknown'} ({msg}); "
-                    "stop all requests to Binance from this IP until then and lower max_concurrency or "
-                    "weight_budget_per_minute", until=until, symbol=symbol))  # fmt: skip
+                return self._banned(resp, msg, what, symbol)
             if s == 429:
                 return Retry(
                     f"HTTP 429 ({code}: {msg})", wait=retry_after_seconds(resp, 60.0), rate_limited=True
@@ -241,7 +282,7 @@ class BinanceRest:
                       "endTime": we, "limit": self.page_limit}  # fmt: skip
             body = self.http.get(
                 self.base_url + KLINES_PATH, params, what=what, classify=self._classify(what, symbol),
-                cost=KLINES_WEIGHT, cancelled=cancelled,
+                cost=KLINES_WEIGHT, cancelled=cancelled, guard=self._guard(what, symbol),
             )  # fmt: skip
             df = parse_klines_body(body, symbol, timeframe, pd.Timestamp.now(tz="UTC"), what)
             frames.append(df)
@@ -269,18 +310,39 @@ class BinanceRest:
         self.http.close()
 
 
+@dataclass(frozen=True)
+class ChecksumFallback:
+    """A day whose archive file failed verification and was fetched over REST instead."""
+
+    symbol: str
+    timeframe: str
+    day: str  # YYYY-MM-DD
+    reason: str  # the verification error (names the file)
+
+
 class BinanceAdapter:
-    """Binance spot candles: archive days where published (verified), REST for everything else."""
+    """Binance spot candles: archive days where published (verified), REST for everything else.
+
+    A day whose archive file fails its checksum (or has none) is never taken from the archive: it is
+    fetched over REST like an unpublished day and listed in `checksum_fallbacks` (the raw asset counts
+    them in its metadata). Only if REST has no candles for that day either does the fetch fail.
+    """
 
     provider = PROVIDER
 
     def __init__(self, rest: BinanceRest, archive: BinanceArchive | None = None):
         self.rest = rest
         self.archive = archive
+        self.checksum_fallbacks: list[ChecksumFallback] = []
 
     @classmethod
-    def from_config(cls, c: BinanceSourceConfig, **overrides: Any) -> BinanceAdapter:
-        """Adapter from the `sources.binance` config; `overrides` (e.g. backoff_base) go to BinanceRest."""
+    def from_config(
+        cls, c: BinanceSourceConfig, *, bans: BanStore | None = None, **overrides: Any
+    ) -> BinanceAdapter:
+        """Adapter from the `sources.binance` config; `overrides` (e.g. backoff_base) go to BinanceRest.
+
+        `bans`: where 418 bans are persisted for every process (build_adapter passes the data_dir's).
+        """
         from data_puller_dagster.sources.binance_archive import BinanceArchive
 
         budget = overrides.pop("budget", None) or shared_budget(
@@ -290,7 +352,7 @@ class BinanceAdapter:
         )  # fmt: skip
         rest = BinanceRest(
             c.base_url, timeout=c.timeout_seconds, max_retries=c.max_retries, max_concurrency=c.max_concurrency,
-            budget=budget, **overrides,
+            budget=budget, bans=bans, **overrides,
         )  # fmt: skip
         archive = None
         if c.use_archive:
@@ -305,17 +367,53 @@ class BinanceAdapter:
         s, e = check_range(PROVIDER, symbol, timeframe, start, end)
         parts: list[pd.DataFrame] = []
         rest_ranges: list[tuple[pd.Timestamp, pd.Timestamp]] = [(s, e)]
+        unverified: dict[pd.Timestamp, ChecksumMismatchError] = {}
         if self.archive is not None and e > s:
-            days, found = self.archive.fetch_days(symbol, timeframe, s, e, self.rest.now())
+            _, found, unverified = self.archive.fetch_days(symbol, timeframe, s, e, self.rest.now())
             parts.extend(found.values())
             rest_ranges = _uncovered(s, e, sorted(found))
-        for rs, re_ in rest_ranges:
-            parts.append(self.rest.fetch_range(symbol, timeframe, rs, re_))
-        parts = [p for p in parts if len(p)]
+            for d, err in sorted(unverified.items()):
+                log.warning(
+                    "%s; fetching %s %s %s over REST instead", err, symbol, timeframe, f"{d:%Y-%m-%d}"
+                )
+        rest_parts = [self.rest.fetch_range(symbol, timeframe, rs, re_) for rs, re_ in rest_ranges]
+        if unverified:
+            self._check_fallbacks(symbol, timeframe, s, e, unverified, rest_parts)
+        parts = [p for p in parts + rest_parts if len(p)]
         if not parts:
             return raw_empty(PROVIDER)
         out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
         return out.sort_values("ts", kind="stable", ignore_index=True)
+
+    def _check_fallbacks(
+        self,
+        symbol: str,
+        timeframe: str,
+        s: pd.Timestamp,
+        e: pd.Timestamp,
+        unverified: dict[pd.Timestamp, ChecksumMismatchError],
+        rest_parts: list[pd.DataFrame],
+    ) -> None:
+        """Record the days REST replaced; fail (not retryable) for one REST could not supply either."""
+        ts = (
+            pd.concat([p["ts"] for p in rest_parts], ignore_index=True)
+            if rest_parts
+            else pd.Series([], dtype="datetime64[ns, UTC]")
+        )
+        for d, err in sorted(unverified.items()):
+            lo, hi = max(d, s), min(d + pd.Timedelta(days=1), e)
+            if not ((ts >= lo) & (ts < hi)).any():
+                raise ChecksumMismatchError(
+                    f"{err}. REST has no {symbol} {timeframe} candles for {d:%Y-%m-%d} either, so the day "
+                    "cannot be stored. Retry the partition once Binance re-publishes the file (or REST serves "
+                    "the day), or set sources.binance.use_archive: false if REST is known to be complete",
+                    provider=PROVIDER, symbol=symbol)  # fmt: skip
+            self.checksum_fallbacks.append(ChecksumFallback(symbol, timeframe, f"{d:%Y-%m-%d}", str(err)))
+
+    @property
+    def checksum_fallback_days(self) -> int:
+        """Days this adapter fetched over REST because their archive file failed verification."""
+        return len(self.checksum_fallbacks)
 
     def close(self) -> None:
         self.rest.close()
@@ -343,6 +441,7 @@ __all__ = [
     "BINANCE_INTERVALS",
     "BinanceAdapter",
     "BinanceRest",
+    "ChecksumFallback",
     "SourceError",
     "klines_frame",
     "parse_klines_body",

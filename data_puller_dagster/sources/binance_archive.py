@@ -1,8 +1,10 @@
 """data.binance.vision daily kline archive: verified zips for bulk history.
 
 Why: a year of 1m candles is 526 REST pages but 365 small files that cost no API weight. A file is used
-only after its sha256 matches the published `.zip.CHECKSUM` (a mismatch is an error, never accepted).
-A 404 / missing file means "not published yet" and the day is fetched over REST instead.
+only after its sha256 matches the published `.zip.CHECKSUM` (a mismatch is never accepted: `fetch_days`
+reports the day as unverified and the adapter fetches it over REST, so one bad file costs one day of
+REST requests, not the whole range). A 404 / missing file means "not published yet" and the day is
+fetched over REST as well.
 `archive_url` is `http(s)://host[/prefix]` or `file:///dir` (a local copy in the same layout).
 """
 
@@ -48,7 +50,7 @@ def verify_checksum(data: bytes, checksum_text: str, what: str) -> None:
     if expected != actual:
         raise ChecksumMismatchError(
             f"{what}: sha256 {actual} does not match the published CHECKSUM {expected or '<empty>'}; the file "
-            "is corrupt or was replaced - delete any cached copy and retry; never use it unverified",
+            "is corrupt or was replaced after its checksum was published, so it is not used",
             provider=PROVIDER,
         )
 
@@ -138,8 +140,8 @@ class BinanceArchive:
         checksum = self._read(rel + ".CHECKSUM", what)
         if checksum is None:
             raise ChecksumMismatchError(
-                f"{what}: the zip exists but its .CHECKSUM does not; refusing unverified data - retry later "
-                "or set sources.binance.use_archive: false", provider=PROVIDER)  # fmt: skip
+                f"{what}: the zip exists but its .CHECKSUM does not, so the file cannot be verified and is "
+                "not used", provider=PROVIDER)  # fmt: skip
         verify_checksum(data, checksum.decode("utf-8", "replace"), what)
         return parse_archive_csv(
             unzip_single_csv(data, what), symbol, timeframe, pd.Timestamp.now(tz="UTC"), what
@@ -147,9 +149,13 @@ class BinanceArchive:
 
     def fetch_days(
         self, symbol: str, timeframe: str, start: pd.Timestamp, end: pd.Timestamp, now: pd.Timestamp
-    ) -> tuple[list[pd.Timestamp], dict[pd.Timestamp, pd.DataFrame]]:
-        """Complete UTC days overlapping [start, end) before `now`; returns (tried, found) with found
-        frames cut to [start, end) (a whole-day file may extend past a partial request)."""
+    ) -> tuple[
+        list[pd.Timestamp], dict[pd.Timestamp, pd.DataFrame], dict[pd.Timestamp, ChecksumMismatchError]
+    ]:
+        """Complete UTC days overlapping [start, end) before `now`; returns (tried, found, unverified):
+        found frames are cut to [start, end) (a whole-day file may extend past a partial request);
+        unverified days (checksum mismatch or missing) hold the error naming the file, for the caller
+        to fetch another way - they are never in `found`."""
         check_range(PROVIDER, symbol, timeframe, start.to_pydatetime(), end.to_pydatetime())
         first = start.floor("D")
         days = [
@@ -158,16 +164,26 @@ class BinanceArchive:
             if d + pd.Timedelta(days=1) <= now
         ]
         if not days:
-            return [], {}
+            return [], {}, {}
+
+        def one(d: pd.Timestamp) -> pd.DataFrame | ChecksumMismatchError | None:
+            try:
+                return self.fetch_day(symbol, timeframe, d)
+            except ChecksumMismatchError as err:
+                return err
+
         with ThreadPoolExecutor(
             max_workers=min(self.max_concurrency, len(days)), thread_name_prefix="binance-archive"
         ) as ex:
-            results = list(ex.map(lambda d: self.fetch_day(symbol, timeframe, d), days))
+            results = list(ex.map(one, days))
         found: dict[pd.Timestamp, pd.DataFrame] = {}
+        unverified: dict[pd.Timestamp, ChecksumMismatchError] = {}
         for d, df in zip(days, results, strict=True):
-            if df is not None:
+            if isinstance(df, ChecksumMismatchError):
+                unverified[d] = df
+            elif df is not None:
                 found[d] = df[(df["ts"] >= start) & (df["ts"] < end)].reset_index(drop=True)
-        return days, found
+        return days, found, unverified
 
     def close(self) -> None:
         self.http.close()

@@ -12,14 +12,24 @@ from datetime import datetime
 
 
 class SourceError(Exception):
-    """A provider request failed; the whole fetch failed with it (no partial frame is ever returned)."""
+    """A provider request failed; the whole fetch failed with it (no partial frame is ever returned).
+
+    `retryable` says whether running the same request again later (Dagster's RetryPolicy, minutes
+    away) can succeed: timeouts, 5xx and exhausted 429s can; bans, bad keys, invalid symbols and corrupt
+    archive files cannot, and are failed at once (dg.Failure(allow_retries=False) in the raw asset).
+    A class sets the default; an instance may override it (a 429 for a spent *daily* quota).
+    """
 
     retryable: bool = False
 
-    def __init__(self, message: str, *, provider: str = "", symbol: str | None = None):
+    def __init__(
+        self, message: str, *, provider: str = "", symbol: str | None = None, retryable: bool | None = None
+    ):
         super().__init__(message)
         self.provider = provider
         self.symbol = symbol
+        if retryable is not None:
+            self.retryable = retryable
 
 
 class RateLimitedError(SourceError):
@@ -29,7 +39,8 @@ class RateLimitedError(SourceError):
 
 
 class IpBannedError(SourceError):
-    """Binance answered 418: the IP is banned until `.until`. Nothing is sent before then."""
+    """Binance answered 418: the IP is banned until `.until`. Nothing is sent before then, by any
+    process of the deployment (the end is persisted, see sources/bans.py); never retried."""
 
     def __init__(
         self, message: str, *, until: datetime | None, provider: str = "binance", symbol: str | None = None
@@ -53,7 +64,10 @@ class TransientSourceError(SourceError):
 
 
 class ChecksumMismatchError(SourceError):
-    """An archive file does not match its published sha256 (or no checksum was published)."""
+    """An archive file does not match its published sha256 (or no checksum was published).
+
+    The adapter fetches such a day over REST instead; this error reaches the caller only when REST
+    cannot supply the day either (or when the archive is read directly)."""
 
 
 class MalformedResponseError(SourceError):

@@ -150,8 +150,12 @@ class HttpClient:
         classify: Callable[[requests.Response], Decision],
         cost: int = 1,
         cancelled: threading.Event | None = None,
+        guard: Callable[[], None] | None = None,
     ) -> Any:
-        """GET with retries; `what` (provider, symbol, range) prefixes every error message."""
+        """GET with retries; `what` (provider, symbol, range) prefixes every error message.
+
+        `guard` runs before every attempt and raises to stop before anything is sent (a persisted ban).
+        """
         last = "no attempt made"
         rate_limited = False
         for attempt in range(self.max_retries + 1):
@@ -159,6 +163,8 @@ class HttpClient:
                 raise PageCancelledError(
                     f"{what}: cancelled because another page of this fetch failed", provider=self.provider
                 )
+            if guard is not None:
+                guard()
             if self.budget is not None:
                 self.budget.acquire(cost)
             with self._lock:

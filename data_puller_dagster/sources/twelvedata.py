@@ -88,6 +88,9 @@ def parse_time_series_body(
     out = pd.DataFrame({"datetime": f["datetime"].astype("string")})
     for c in VALUE_FIELDS:
         out[c] = f[c].astype("string") if c in f.columns else pd.array([pd.NA] * len(f), dtype="string")
+    meta = body.get("meta")
+    stated = meta.get("interval") if isinstance(meta, dict) else None
+    out["interval"] = pd.array([None if stated is None else str(stated)] * len(f), dtype="string")
     ts = pd.to_datetime(out["datetime"], format="ISO8601", errors="coerce")
     ts = ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts.dt.tz_convert("UTC")
     return add_provenance(out, ts, symbol, timeframe, PROVIDER, fetched_at)
@@ -186,7 +189,7 @@ class TwelveDataAdapter:
                 if "for the day" in msg:
                     return Fail(RateLimitedError(
                         f"{what}: daily API credits are spent ({msg[:100]}); retry tomorrow or raise the plan",
-                        provider=PROVIDER, symbol=symbol))  # fmt: skip
+                        provider=PROVIDER, symbol=symbol, retryable=False))  # fmt: skip
                 return Retry(
                     f"code 429: minute credits spent ({msg[:100]})",
                     wait=self.minute_wait(),

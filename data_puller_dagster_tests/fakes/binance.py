@@ -71,13 +71,17 @@ class FakeBinance(FakeServer):
     Switches (all thread-safe; counts are "next N klines requests"):
     - `throttle(n, retry_after)`: 429 + Retry-After + -1003 body
     - `ban(until_ms)`: 418 with the real "IP banned until <ms>" body, until `unban()`
+    - `ban_for(seconds)`: the next klines request triggers a ban lasting `seconds` (418 + Retry-After +
+      the "IP banned until <ms>" body); it ends by itself. Every klines request received while a ban is
+      active, other than the one that triggered it, is recorded in `requests_while_banned` (real Binance
+      lengthens the ban for each of them)
     - `server_errors(n, status)`: 5xx
     - `slow(n, seconds)`: delay before answering (to trip client timeouts); `latency` applies to all
     - `duplicates = k`: each page also repeats the k candles before startTime (overlapping pages)
     - `malformed = True`: one row per page is cut to 11 fields
     - `invalid_symbols`: symbols answered with 400 {"code":-1121,"msg":"Invalid symbol."}
     - `weight_offset`: added to the X-MBX-USED-WEIGHT-1M header (simulate other clients on the IP)
-    Counters: `received` (every request), `klines_requests`, `max_in_flight`.
+    Counters: `received` (every request), `klines_requests`, `max_in_flight`, `requests_while_banned`.
     """
 
     def __init__(
@@ -99,6 +103,9 @@ class FakeBinance(FakeServer):
         self.weight_offset = 0
         self._script: collections.deque[Reply] = collections.deque()
         self._ban_until: int | None = None
+        self._ban_armed: float | None = None  # ban_for(seconds) waiting for its trigger request
+        self._ban_timed = False  # the active ban ends by itself at _ban_until
+        self.requests_while_banned: list[dict[str, str]] = []
         self._weight: dict[int, int] = {}
         self._in_flight = 0
         self.max_in_flight = 0
@@ -132,8 +139,18 @@ class FakeBinance(FakeServer):
     def ban(self, until_ms: int) -> None:
         self._ban_until = until_ms
 
+    def ban_for(self, seconds: float) -> None:
+        with self._lock:
+            self._ban_armed = seconds
+
     def unban(self) -> None:
         self._ban_until = None
+        self._ban_timed = False
+
+    @property
+    def ban_ends_ms(self) -> int | None:
+        """End of the current (or last) ban, epoch ms."""
+        return self._ban_until
 
     @property
     def klines_requests(self) -> int:
@@ -165,10 +182,29 @@ class FakeBinance(FakeServer):
             used = self._weight[minute] + self.weight_offset
         return {"X-MBX-USED-WEIGHT-1M": str(used), "Content-Type": "application/json"}
 
+    def _banned_reply(self, params: dict[str, str]) -> Reply | None:
+        """The 418 for a request arriving while banned (recorded), or None when not banned."""
+        now_ms = int(pd.Timestamp.now(tz="UTC").value // 1_000_000)
+        headers = {"Content-Type": "application/json"}
+        with self._lock:
+            if self._ban_armed is not None:  # this request triggers the ban
+                self._ban_until, self._ban_timed = now_ms + int(self._ban_armed * 1000), True
+                headers["Retry-After"] = str(int(-(-self._ban_armed // 1)))
+                self._ban_armed = None
+            elif self._ban_until is None or (self._ban_timed and now_ms >= self._ban_until):
+                return None
+            else:
+                self.requests_while_banned.append(dict(params))
+                if self._ban_timed:
+                    headers["Retry-After"] = str(max(1, -(-(self._ban_until - now_ms) // 1000)))
+            until = self._ban_until
+        msg = f"Way too much request weight used; IP banned until {until}. Please use WebSocket Streams for live updates to avoid bans."
+        return Reply(418, orjson.dumps({"code": -1003, "msg": msg}), headers)
+
     def _klines(self, params: dict[str, str]) -> Reply:
-        if self._ban_until is not None:
-            msg = f"Way too much request weight used; IP banned until {self._ban_until}. Please use WebSocket Streams for live updates to avoid bans."
-            return Reply(418, orjson.dumps({"code": -1003, "msg": msg}))
+        banned = self._banned_reply(params)
+        if banned is not None:
+            return banned
         with self._lock:
             scripted = self._script.popleft() if self._script else None
         if scripted is not None and scripted.status != -1:

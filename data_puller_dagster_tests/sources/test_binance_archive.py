@@ -38,7 +38,7 @@ def test_adabtc_fixture_days_parse_exactly(tmp_path: Path) -> None:
     for day in ("2021-11-27", "2021-11-28"):
         archive_from_fixture(tmp_path, FIXTURES / "binance" / f"ADABTC-1m-{day}.csv", "ADABTC", "1m", day)
     arch = BinanceArchive(tmp_path.as_uri())
-    _, found = arch.fetch_days("ADABTC", "1m", utc("2021-11-27"), utc("2021-11-29"), NOW)
+    _, found, _ = arch.fetch_days("ADABTC", "1m", utc("2021-11-27"), utc("2021-11-29"), NOW)
     assert sorted(found) == [utc("2021-11-27"), utc("2021-11-28")]
     df = pd.concat(found.values(), ignore_index=True)
     expected = pd.concat(
@@ -85,7 +85,7 @@ def test_micros_sample_is_converted_to_ms(tmp_path: Path) -> None:
 
 def test_demo_archive_via_file_url_with_empty_taker_columns() -> None:
     arch = BinanceArchive((DEMO / "binance").as_uri())
-    _, found = arch.fetch_days("BTCUSDT", "1h", utc("2020-12-21"), utc("2020-12-23"), NOW)
+    _, found, _ = arch.fetch_days("BTCUSDT", "1h", utc("2020-12-21"), utc("2020-12-23"), NOW)
     df = pd.concat(found.values(), ignore_index=True)
     # 2020-12-21 has a real 3-hour maintenance gap (SOURCES.md): 48 - 3 rows; kept as a gap, not invented.
     assert len(df) == 45
@@ -100,7 +100,7 @@ def test_header_row_is_tolerated_and_micros_writer_roundtrips(tmp_path: Path) ->
     assert df["open_time"].tolist() == candles["open_time"].tolist()
 
 
-def test_wrong_checksum_is_an_error(tmp_path: Path) -> None:
+def test_wrong_checksum_day_is_never_accepted_and_reported_unverified(tmp_path: Path) -> None:
     write_archive(
         tmp_path, generate_klines("2024-03-01", 2880), "BTCUSDT", "1m", bad_checksum_days=("2024-03-02",)
     )
@@ -108,7 +108,43 @@ def test_wrong_checksum_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(
         ChecksumMismatchError, match=r"BTCUSDT 1m 2024-03-02.*does not match the published CHECKSUM"
     ):
-        arch.fetch_days("BTCUSDT", "1m", utc("2024-03-01"), utc("2024-03-03"), NOW)
+        arch.fetch_day("BTCUSDT", "1m", utc("2024-03-02"))
+    _, found, unverified = arch.fetch_days("BTCUSDT", "1m", utc("2024-03-01"), utc("2024-03-03"), NOW)
+    assert list(found) == [utc("2024-03-01")] and list(unverified) == [utc("2024-03-02")]
+    msg = str(unverified[utc("2024-03-02")])
+    assert "BTCUSDT-1m-2024-03-02.zip" in msg and "cached copy" not in msg
+
+
+def test_bad_checksum_day_is_fetched_over_rest_and_counted(tmp_path: Path) -> None:
+    """One corrupt archive day costs one day of REST requests, not the whole 5-day range."""
+    candles = generate_klines("2024-03-01", 5 * 1440)
+    write_archive(tmp_path, candles, "BTCUSDT", "1m", bad_checksum_days=("2024-03-03",))
+    with FakeArchive(tmp_path) as fa, FakeBinance({("BTCUSDT", "1m"): candles}) as fb:
+        adapter = BinanceAdapter(rest(fb.url, now=lambda: NOW), BinanceArchive(fa.url, backoff_base=0.001))
+        df = adapter.fetch("BTCUSDT", "1m", utc("2024-03-01"), utc("2024-03-06"))
+        adapter.close()
+        rest_days = {
+            pd.Timestamp(int(r["params"]["startTime"]), unit="ms").strftime("%m-%d") for r in fb.received
+        }
+    assert df["open_time"].tolist() == candles["open_time"].tolist()
+    by_day = df.groupby(df["ts"].dt.strftime("%m-%d"))["source"].unique().map(list).to_dict()
+    assert by_day["03-03"] == ["binance"] and all(
+        by_day[d] == ["binance_archive"] for d in ("03-01", "03-05")
+    )
+    assert rest_days == {"03-03"}
+    assert adapter.checksum_fallback_days == 1
+    assert adapter.checksum_fallbacks[0].day == "2024-03-03"
+
+
+def test_bad_checksum_day_rest_cannot_replace_is_an_error(tmp_path: Path) -> None:
+    candles = generate_klines("2024-03-01", 3 * 1440)
+    write_archive(tmp_path, candles, "BTCUSDT", "1m", missing_checksum_days=("2024-03-02",))
+    rest_has = candles[candles["open_time"] < utc("2024-03-02").value // 1_000_000]
+    with FakeBinance({("BTCUSDT", "1m"): rest_has}) as fb:
+        adapter = BinanceAdapter(rest(fb.url, now=lambda: NOW), BinanceArchive(tmp_path.as_uri()))
+        with pytest.raises(ChecksumMismatchError, match=r"2024-03-02.*REST has no BTCUSDT 1m candles"):
+            adapter.fetch("BTCUSDT", "1m", utc("2024-03-01"), utc("2024-03-04"))
+        adapter.close()
 
 
 def test_missing_checksum_is_an_error(tmp_path: Path) -> None:
