@@ -4,6 +4,9 @@ Layout: `<root>/<feed>/<table>/<KEY>/<YYYY-MM-DD>.csv` (or `.jsonl`), plus `_dty
 symbol folders so a read returns the dtypes that were written. Files are staged under dot-prefixed
 temporary names and renamed into place only once every file of the write is complete (`os.replace`
 is atomic), so readers never see a half-written day and a failed write leaves the old files intact.
+The temp files a killed writer leaves are swept by the next write of that symbol's directory (and of the
+dtypes file), with the same rule as the Parquet store: dead local writer at once, anyone after
+STALE_TEMP_AFTER, never a live writer (see parquet_store's module docstring).
 
 Dataset tables (layer `dataset`) carry a `line` column of ready-serialized JSON; the JSONL destination
 writes those lines verbatim, one per row, because re-serializing could change number formatting the
@@ -16,7 +19,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import uuid
+import re
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from data_puller_dagster.io.destinations.parquet_store import staging_token, sweep_local
 from data_puller_dagster.io.errors import SchemaDriftError, StorageError
 from data_puller_dagster.io.frames import (
     arrow_to_pandas,
@@ -39,6 +43,7 @@ from data_puller_dagster.io.frames import (
 from data_puller_dagster.io.tables import PartitionSlice, TableRef
 
 DTYPES_FILE = "_dtypes.json"
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}\.(csv|jsonl)$")
 _ARROW_TYPE = {
     "tz": pa.timestamp("ns", tz="UTC"),
     "naive": pa.timestamp("ns"),
@@ -71,15 +76,17 @@ class _FileDestination:
         df = check_frame(table, df, part)
         self._check_dtypes(table, df)
         groups = partition_indices(df, part)
-        token = uuid.uuid4().hex[:12]
+        token = staging_token()
+        # One symbol directory holds all its days: sweep each directory of the slice once, not per day.
+        swept = sum(sweep_local(self.table_dir(table) / key, self._is_day_stem) for key in part.keys)
         staged: list[tuple[Path, Path]] = []
         try:
             for (key, day), idx in groups.items():
                 final = self.partition_file(table, key, day)
                 final.parent.mkdir(parents=True, exist_ok=True)
                 tmp = final.with_name(f".{final.name}.{token}.tmp")
+                staged.append((tmp, final))  # before writing: a half-written temp file is removed too
                 tmp.write_bytes(self._encode(table, df.iloc[idx]))
-                staged.append((tmp, final))
         except BaseException:
             for tmp, _ in staged:
                 tmp.unlink(missing_ok=True)
@@ -97,8 +104,13 @@ class _FileDestination:
             "rows": len(df),
             "files": len(staged),
             "emptied_partitions": emptied,
+            "stale_temp_removed": swept,
             "location": str(self.table_dir(table)),
         }
+
+    def _is_day_stem(self, stem: str) -> bool:
+        """`2024-01-05.csv`: the final name of one of this destination's day files."""
+        return stem.endswith(self.suffix) and _DAY.match(stem) is not None
 
     def _check_dtypes(self, table: TableRef, df: pd.DataFrame) -> None:
         path = self.table_dir(table) / DTYPES_FILE
@@ -112,7 +124,8 @@ class _FileDestination:
             if old == new:
                 return
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{DTYPES_FILE}.{uuid.uuid4().hex[:12]}.tmp")
+        sweep_local(path.parent, lambda stem: stem == DTYPES_FILE)
+        tmp = path.with_name(f".{DTYPES_FILE}.{staging_token()}.tmp")
         tmp.write_text(json.dumps(new))
         os.replace(tmp, path)
 

@@ -13,14 +13,38 @@ by pyarrow, pandas and DuckDB's `*.parquet` glob); only when all of them are wri
 into place and the slice's partitions without rows deleted. A write that fails while serializing leaves
 every old partition untouched; on a local disk each rename is atomic, on object stores each object PUT
 is.
+
+Crash debris: a writer killed mid-write (kill -9, OOM, a lost node) leaves its temp files behind. Each
+write therefore first sweeps the directories it writes (every partition directory of its slice; the
+table directory when it writes the schema) of *stale* temp files, so debris never outlives the next
+write of its partition and repeated crashes cannot accumulate files. A temp file is stale when
+  * its token names a writer on this machine and pid namespace whose pid is gone, a zombie, or now
+    belongs to a younger process (pid reuse): removed at once; or
+  * its token is older than STALE_TEMP_AFTER (6 h): the only test for writers on other machines
+    sharing the lake (an object store, NFS), whose pids cannot be checked from here.
+A live writer's temp file (another process, another thread of this one, another machine within the
+age threshold) is never removed, so concurrent writers keep working. Tokens are
+`<namespace>-<pid>-<process start ticks>-<unix seconds>-<random>`; names from before tokens named their
+writer (12 hex digits) are judged by their mtime against the same threshold. Nothing else can pile up:
+a rename replaces the one `part-0.parquet` of a partition (no generations), an object store's
+copy-then-delete move leaves at worst the temp file (swept like any other), and the directory created
+for a new partition is reused by its next write (at most one per partition, however many crashes).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
-import uuid
+import os
+import re
+import secrets
+import socket
+import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -50,6 +74,134 @@ SCHEMA_FILE = "_common_metadata"
 DTYPES_KEY = b"data_puller/dtypes"
 COMPRESSION = "zstd"
 WRITE_THREADS = 4  # day files encoded and written concurrently by one write
+# A temp file older than this is debris whoever wrote it. Generous on purpose: it only decides for
+# writers whose liveness cannot be checked (other machines), and a day file is staged in milliseconds.
+STALE_TEMP_AFTER = 6 * 3600.0
+
+_TEMP_NAME = re.compile(r"^\.(?P<stem>.+)\.(?P<token>[^.]+)\.tmp$")
+_TOKEN = re.compile(r"^(?P<ns>[0-9a-f]{8})-(?P<pid>\d+)-(?P<start>\d+)-(?P<t>\d+)-[0-9a-f]{6}$")
+_LEGACY_TOKEN = re.compile(r"^[0-9a-f]{12}$")
+
+
+# ------------------------------------------------------------------------ staging tokens (shared)
+@functools.cache
+def _namespace() -> str:
+    """Who can judge a pid: this machine's boot, pid namespace and hostname, hashed to 8 hex digits.
+
+    Two writers with the same namespace see the same pids, so a missing pid really is a dead writer.
+    Without /proc (not Linux) the hostname alone decides, and `os.kill(pid, 0)` checks the pid.
+    """
+    parts = [socket.gethostname()]
+    try:
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    except OSError:
+        pass
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:8]  # noqa: S324 - an id, not security
+
+
+@functools.cache
+def _procfs() -> bool:
+    """Whether /proc describes this process's pid namespace, so other pids can be looked up there."""
+    try:
+        return int(Path("/proc/self/stat").read_text().split(" ", 1)[0]) == os.getpid()
+    except (OSError, ValueError):
+        return False
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks since boot) of `pid` from /proc; None when there is no such pid."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = text[text.rindex(")") + 2 :].split()  # the command name may hold spaces and parentheses
+    return fields[0], int(fields[19])
+
+
+_OWN_START: dict[int, int] = {}
+
+
+def _own_start() -> int:
+    """This process's start ticks (0 without /proc), cached per pid so a forked child gets its own."""
+    pid = os.getpid()
+    if pid not in _OWN_START:
+        stat = _proc_stat(pid) if _procfs() else None
+        _OWN_START[pid] = stat[1] if stat else 0
+    return _OWN_START[pid]
+
+
+def staging_token() -> str:
+    """A temp-file token naming its writer: `<namespace>-<pid>-<start ticks>-<unix s>-<random>`."""
+    return f"{_namespace()}-{os.getpid()}-{_own_start()}-{int(time.time())}-{secrets.token_hex(3)}"
+
+
+def _alive(pid: int, start: int) -> bool:
+    """Whether the writer (pid, start ticks) of this namespace may still be running. Unsure: True."""
+    if pid <= 0:
+        return False
+    if pid == os.getpid() and start == _own_start():
+        return True  # this process: another thread's write in flight
+    if _procfs():
+        try:
+            stat = _proc_stat(pid)
+        except OSError:  # /proc mounted with hidepid: cannot tell
+            return True
+        if stat is None or stat[0] in ("Z", "X"):  # gone, or killed and not yet reaped by its parent
+            return False
+        return start == 0 or stat[1] == start  # another start time: the pid was reused
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_stale_temp(name: str, stem_ok: Callable[[str], bool], mtime: float | None) -> bool:
+    """Whether `name` is a temp file of ours (`.<stem>.<token>.tmp`, stem accepted by `stem_ok`) whose
+    writer is dead or which is older than STALE_TEMP_AFTER. Any other name is never stale."""
+    m = _TEMP_NAME.match(name)
+    if m is None or not stem_ok(m["stem"]):
+        return False
+    now = time.time()
+    token = _TOKEN.match(m["token"])
+    if token is not None:
+        if now - int(token["t"]) > STALE_TEMP_AFTER:
+            return True
+        return token["ns"] == _namespace() and not _alive(int(token["pid"]), int(token["start"]))
+    if _LEGACY_TOKEN.match(m["token"]):
+        return mtime is not None and now - mtime > STALE_TEMP_AFTER
+    return False
+
+
+def sweep_local(directory: Path, stem_ok: Callable[[str], bool]) -> int:
+    """Delete the stale temp files directly in a local `directory`; returns how many were deleted."""
+    removed = 0
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        try:
+            if not entry.is_file(follow_symlinks=False) or not is_stale_temp(
+                entry.name, stem_ok, entry.stat(follow_symlinks=False).st_mtime
+            ):
+                continue
+            os.unlink(entry.path)
+        except FileNotFoundError:  # renamed by its writer or swept by another one meanwhile
+            continue
+        removed += 1
+    return removed
+
+
+def _is_partition_stem(stem: str) -> bool:
+    return stem == FILE_NAME
+
+
+def _is_schema_stem(stem: str) -> bool:
+    return stem == SCHEMA_FILE
 
 
 def _filesystem(root: str) -> tuple[pafs.FileSystem, str]:
@@ -91,16 +243,23 @@ class ParquetDestination:
         self._check_schema(table, arrow.schema)
 
         groups = partition_indices(df, part)
-        token = uuid.uuid4().hex[:12]
-        staged: list[tuple[str, str]] = []
+        token = staging_token()
+        staged: list[tuple[str, str]] = []  # appended by stage() once its temp file is complete
+        swept: list[int] = []
 
-        def stage(key: str, day: date, idx: Any) -> tuple[str, str]:
+        def stage(key: str, day: date, idx: Any) -> None:
             final = self.partition_file(table, key, day)
-            tmp = final.rsplit("/", 1)[0] + f"/.{FILE_NAME}.{token}.tmp"
-            self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+            directory = final.rsplit("/", 1)[0]
+            tmp = f"{directory}/.{FILE_NAME}.{token}.tmp"
+            self.fs.create_dir(directory, recursive=True)
+            swept.append(self._sweep(directory, _is_partition_stem))
             chunk = arrow if len(groups) == 1 else arrow.take(pa.array(idx))
-            pq.write_table(chunk, tmp, filesystem=self.fs, compression=COMPRESSION)
-            return tmp, final
+            try:
+                pq.write_table(chunk, tmp, filesystem=self.fs, compression=COMPRESSION)
+            except BaseException:
+                self._delete_quietly(tmp)  # a half-written temp file is debris too
+                raise
+            staged.append((tmp, final))
 
         # Day files are small (1,440 rows of 1m), so a backfill is mostly per-file overhead: encode and
         # write them on a few threads (pyarrow releases the GIL). Every file is staged before any move.
@@ -108,15 +267,16 @@ class ParquetDestination:
         try:
             if workers <= 1:
                 for (key, day), idx in groups.items():
-                    staged.append(stage(key, day, idx))
+                    stage(key, day, idx)
             else:
-                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="parquet-write") as ex:
+                ex = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="parquet-write")
+                try:
                     futures = [ex.submit(stage, key, day, idx) for (key, day), idx in groups.items()]
                     wait(futures, return_when=FIRST_EXCEPTION)
-                    for f in futures:
-                        f.cancel()
-                # All threads have finished here: collect every staged file, then raise the first error.
-                staged.extend(f.result() for f in futures if not f.cancelled() and f.exception() is None)
+                finally:
+                    # Also when interrupted (a Dagster termination raises here): drop the queued files
+                    # and let the started ones finish, so `staged` lists every temp file to delete.
+                    ex.shutdown(wait=True, cancel_futures=True)
                 errors = [f.exception() for f in futures if not f.cancelled() and f.exception() is not None]
                 if errors:
                     raise errors[0]  # type: ignore[misc]
@@ -129,12 +289,17 @@ class ParquetDestination:
         emptied = 0
         for key in part.keys:
             for day in part.dates:
-                if (key, day) not in groups and self._delete_quietly(self.partition_file(table, key, day)):
+                if (key, day) in groups:
+                    continue
+                final = self.partition_file(table, key, day)
+                swept.append(self._sweep(final.rsplit("/", 1)[0], _is_partition_stem))
+                if self._delete_quietly(final):
                     emptied += 1
         return {
             "rows": len(df),
             "files": len(staged),
             "emptied_partitions": emptied,
+            "stale_temp_removed": sum(swept),
             "location": redact_url(f"{self.root.rstrip('/')}/{table.feed}/{table.name}"),
         }
 
@@ -154,7 +319,8 @@ class ParquetDestination:
 
     def _write_schema(self, table: TableRef, schema: pa.Schema) -> None:
         self.fs.create_dir(self.table_dir(table), recursive=True)
-        tmp = f"{self.table_dir(table)}/.{SCHEMA_FILE}.{uuid.uuid4().hex[:12]}.tmp"
+        self._sweep(self.table_dir(table), _is_schema_stem)
+        tmp = f"{self.table_dir(table)}/.{SCHEMA_FILE}.{staging_token()}.tmp"
         pq.write_metadata(schema, tmp, filesystem=self.fs)
         self.fs.move(tmp, f"{self.table_dir(table)}/{SCHEMA_FILE}")
 
@@ -163,6 +329,21 @@ class ParquetDestination:
         if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
             return None
         return pq.read_schema(path, filesystem=self.fs)
+
+    def _sweep(self, directory: str, stem_ok: Callable[[str], bool]) -> int:
+        """Delete the stale temp files directly in `directory` (see the module docstring for "stale")."""
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            return sweep_local(Path(directory), stem_ok)  # one scandir, no per-file stat round trips
+        removed = 0
+        for info in self.fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True)):
+            mtime = info.mtime.timestamp() if info.mtime is not None else None
+            if info.type == pafs.FileType.File and is_stale_temp(info.base_name, stem_ok, mtime):
+                try:
+                    self.fs.delete_file(info.path)
+                except FileNotFoundError:  # renamed by its writer or swept by another one meanwhile
+                    continue
+                removed += 1
+        return removed
 
     def _delete_quietly(self, path: str) -> bool:
         if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
