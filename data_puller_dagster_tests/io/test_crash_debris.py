@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from data_puller_dagster.io.destinations import parquet_store
+from data_puller_dagster.io.destinations import staging
 from data_puller_dagster.io.destinations.files_store import DTYPES_FILE, CSVDestination
 from data_puller_dagster.io.destinations.parquet_store import FILE_NAME, SCHEMA_FILE, ParquetDestination
 from data_puller_dagster.io.tables import PartitionSlice, TableRef
@@ -177,7 +177,7 @@ def _dead_pid() -> str:
 
 def _token(*, namespace: str | None = None, pid: int | str | None = None, age: float = 0.0) -> str:
     """A staging token like a real writer's, optionally from another machine, pid or time."""
-    ns, own_pid, start, stamp, rand = parquet_store.staging_token().split("-")
+    ns, own_pid, start, stamp, rand = staging.staging_token().split("-")
     writer = f"{own_pid}-{start}" if pid is None else str(pid) if isinstance(pid, str) else f"{pid}-0"
     return "-".join([namespace or ns, writer, str(int(stamp) - int(age)), rand])
 
@@ -192,7 +192,7 @@ def test_which_temp_files_a_write_removes(tmp_path: Path) -> None:
     dest.write(TABLE, df, part)
     pdir = Path(dest.partition_file(TABLE, "EURUSD", START)).parent
     tdir = Path(dest.table_dir(TABLE))
-    old = time.time() - parquet_store.STALE_TEMP_AFTER - 60
+    old = time.time() - staging.STALE_TEMP_AFTER - 60
 
     def make(directory: Path, stem: str, token: str, mtime: float | None = None) -> Path:
         p = directory / f".{stem}.{token}.tmp"
@@ -204,7 +204,7 @@ def test_which_temp_files_a_write_removes(tmp_path: Path) -> None:
     removed = [
         make(pdir, FILE_NAME, _token(pid=_dead_pid())),
         make(
-            pdir, FILE_NAME, _token(namespace="0badc0de", pid=4242, age=parquet_store.STALE_TEMP_AFTER + 60)
+            pdir, FILE_NAME, _token(namespace="0badc0de", pid=4242, age=staging.STALE_TEMP_AFTER + 60)
         ),
         make(pdir, FILE_NAME, "0123456789ab", mtime=old),  # written before tokens named their writer
     ]

@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from data_puller_dagster.io.destinations.parquet_store import staging_token, sweep_local
+from data_puller_dagster.io.destinations.staging import staging_token, sweep_local
 from data_puller_dagster.io.errors import SchemaDriftError, StorageError
 from data_puller_dagster.io.frames import (
     arrow_to_pandas,
