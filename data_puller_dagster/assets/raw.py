@@ -24,6 +24,7 @@ from data_puller_dagster.sources import (
     build_adapter,
     raw_empty,
 )
+from data_puller_dagster.sources.bans import BanStore, InstanceBanMirror, ban_key
 
 CODE_VERSION = "raw-1"
 
@@ -68,6 +69,17 @@ def source_failure(feed: FeedConfig, symbol: str, start: object, end: object, er
     )
 
 
+def _ban_mirror(context: AssetExecutionContext, cfg: AppConfig, feed: FeedConfig) -> InstanceBanMirror | None:
+    """Binance bans are per IP for the whole deployment: besides `<data_dir>/.state/bans.json` they are
+    mirrored in the Dagster instance's storage, and a running ban found there is copied into the local
+    file before the adapter sends anything."""
+    if feed.source != "binance":
+        return None
+    mirror = InstanceBanMirror(context.instance.run_storage, ban_key("binance", cfg.sources.binance.base_url))
+    mirror.seed(BanStore.for_data_dir(cfg.storage.data_dir))
+    return mirror
+
+
 def build_raw_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition:
     tf = feed.timeframe
     key = asset_key(feed, "raw", tf)
@@ -95,6 +107,7 @@ def build_raw_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition:
     def raw(context: AssetExecutionContext) -> dg.Output[pd.DataFrame]:
         window = context_window(context, cfg, feed)
         symbols = feed.symbol_keys
+        mirror = _ban_mirror(context, cfg, feed)
         adapter = build_adapter(cfg, feed)
         frames = []
         try:
@@ -106,6 +119,9 @@ def build_raw_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition:
                 try:
                     frames.append(adapter.fetch(symbols[k], tf, window.start_ts, window.end_ts))
                 except SourceError as err:
+                    until = getattr(err, "until", None)
+                    if mirror is not None and isinstance(err, IpBannedError) and until is not None:
+                        mirror.record(until.timestamp())
                     if err.retryable:
                         raise  # the RetryPolicy retries it (timeouts, 5xx, exhausted 429)
                     raise source_failure(feed, symbols[k], window.start, window.end, err) from err

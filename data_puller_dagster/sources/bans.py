@@ -134,3 +134,41 @@ class BanStore:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
                 raise
+
+
+class InstanceBanMirror:
+    """Bans mirrored in the orchestrator's key-value storage (Dagster's run storage cursors), so a
+    deployment whose processes do not share `data_dir` (workers on other hosts, one Postgres-backed
+    Dagster instance) still sees every ban. Duck-typed on `get_cursor_values` / `set_cursor_values`,
+    so this module knows nothing of Dagster.
+    """
+
+    PREFIX = "data_puller/ban/"
+
+    def __init__(self, kv: object, key: str):
+        self.kv = kv
+        self.name = self.PREFIX + key
+        self.key = key
+
+    def until(self) -> float | None:
+        """End of the mirrored ban (epoch seconds) while it runs, else None."""
+        raw = self.kv.get_cursor_values({self.name}).get(self.name)  # type: ignore[attr-defined]
+        try:
+            end = float(raw) if raw else 0.0
+        except ValueError:
+            return None
+        return end if end > time.time() else None
+
+    def record(self, until: float) -> None:
+        """Mirror a ban ending at `until`, unless a later end is already recorded."""
+        current = self.until()
+        if current is None or current < until:
+            self.kv.set_cursor_values({self.name: repr(float(until))})  # type: ignore[attr-defined]
+
+    def seed(self, store: BanStore) -> float | None:
+        """Copy a running mirrored ban into the local file store (the adapter checks that one before every
+        request); returns its end."""
+        end = self.until()
+        if end is not None and (store.until(self.key) or 0) < end:
+            store.record(self.key, end, "ban recorded in the Dagster instance by another process")
+        return end
