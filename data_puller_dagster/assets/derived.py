@@ -1,4 +1,13 @@
-"""`<feed>/ohlcv_<tf>`: larger timeframes resampled from the base candles of the same days."""
+"""`<feed>/ohlcv_<tf>`: larger timeframes resampled from the base candles of the same and neighbouring days.
+
+Partition rule: a derived bar belongs to the UTC day of its label `ts` (the bar's open time on the epoch
+grid or session grid; for forex daily bars the 00:00 UTC stamp of the New York trading day's date), the
+day every store files the row under. Some bars draw on candles of other UTC days -- a forex daily bar
+labelled Tuesday is Monday 17:00 -> Tuesday 17:00 New York, i.e. it opens Monday 21:00/22:00 UTC -- so
+day D reads the base days `resample.partition_read_days` gives (D-1..D for forex 1d, D alone for crypto
+and forex intraday), builds bars, and keeps the bars labelled in D. Each bar depends only on its own
+candles, so day-by-day partitions equal the bars resampled from the whole stored history.
+"""
 
 
 import dagster as dg
@@ -7,36 +16,49 @@ from dagster import AssetExecutionContext
 
 from data_puller_dagster.assets.metadata import frame_metadata
 from data_puller_dagster.assets.naming import asset_key, table_metadata
-from data_puller_dagster.assets.partitions import backfill_policy, feed_partitions
+from data_puller_dagster.assets.partitions import (
+    backfill_policy,
+    context_window,
+    feed_partitions,
+    window_mapping,
+)
 from data_puller_dagster.config import AppConfig, FeedConfig
-from data_puller_dagster.transform.resample import resample
+from data_puller_dagster.transform.resample import partition_read_days, resample_days
 
-CODE_VERSION = "derived-1"
+CODE_VERSION = "derived-2"
 
 
 def build_derived_asset(cfg: AppConfig, feed: FeedConfig, tf: str) -> dg.AssetsDefinition:
-    """Bars of `tf` never straddle a UTC day (tf divides a day), so each day partition is self-contained."""
     base_key = asset_key(feed, "normalized", feed.timeframe)
+    before, after = partition_read_days(feed.asset_class, feed.timeframe, tf)
+    reads = "the same day" if before == after == 0 else f"{before} day(s) before and {after} after"
 
     @dg.asset(
         key=asset_key(feed, "derived", tf),
-        ins={"base": dg.AssetIn(base_key)},
+        ins={"base": dg.AssetIn(base_key, partition_mapping=window_mapping(before, after))},
         partitions_def=feed_partitions(feed),
         group_name=feed.name,
         kinds={"pandas"},
         code_version=CODE_VERSION,
         description=(
             f"{tf} bars built from {feed.timeframe} candles, equal to the exchange's native {tf} bars; "
+            f"a bar belongs to the UTC day of its ts, built from base candles of {reads}. "
             "`complete` is False where base candles were missing, `source_candles` counts them."
         ),
         metadata=table_metadata(feed, "derived", tf),
         backfill_policy=backfill_policy(cfg),
     )
     def derived(context: AssetExecutionContext, base: pd.DataFrame) -> dg.Output[pd.DataFrame]:
-        bars = resample(base, tf, feed.asset_class)
+        window = context_window(context, cfg, feed)
+        bars = resample_days(base, tf, feed.asset_class, window.start, window.end)
         incomplete = int((~bars["complete"]).sum()) if len(bars) else 0
         return dg.Output(
-            bars, metadata={**frame_metadata(bars), "incomplete_bars": dg.MetadataValue.int(incomplete)}
+            bars,
+            metadata={
+                **frame_metadata(bars),
+                "incomplete_bars": dg.MetadataValue.int(incomplete),
+                "base_rows_read": dg.MetadataValue.int(len(base)),
+            },
         )
 
     return derived

@@ -23,9 +23,20 @@ open at the previous close whenever the bar starts with a quiet minute (the freq
   open; equity daily = session date; forex daily = New York 17:00 trading day), the same convention
   as `calendars.expected_grid`, so derived bars line up with the expected grid of the target timeframe.
 - `source` is that of the newest candle in the bar (the archive and REST serve the same data).
+
+Partitions: a bar belongs to the UTC day of its label `ts` (the storage contract assigns every row by
+the UTC day of `ts`). A bar's base candles may lie on other UTC days than its label: a forex daily bar
+labelled Tuesday 00:00 UTC is the New York trading day Monday 17:00 -> Tuesday 17:00, so it starts on
+Monday 21:00/22:00 UTC. `partition_read_days` says how many neighbouring days of base candles a day's
+bars can draw on, and `resample_days` builds exactly the bars labelled in a day range. Because every
+field of a bar depends only on the candles of that bar (and the calendar), bars built day by day from
+those windows equal the bars built from the whole history over the same stored candles.
 """
 
 from __future__ import annotations
+
+import functools
+from datetime import UTC, date, datetime, time, timedelta
 
 import numpy as np
 import pandas as pd
@@ -169,4 +180,79 @@ def resample(
     return out[RESAMPLED_COLUMNS].reset_index(drop=True)
 
 
-__all__ = ["CANONICAL_COLUMNS", "RESAMPLED_COLUMNS", "RESAMPLED_DTYPES", "ResampleError", "empty_resampled", "resample"]
+# Probe windows for `partition_read_days`: a month around each DST change of a reference year (US
+# 2024-03-10 / 2024-11-03, EU 2024-03-31 / 2024-10-27), so both UTC offsets of every supported clock
+# are seen. Bin offsets repeat weekly apart from DST, so these windows see every case.
+_PROBES = (("2024-03-03", "2024-04-07"), ("2024-10-20", "2024-11-10"))
+
+
+@functools.lru_cache(maxsize=64)
+def partition_read_days(
+    asset_class: str, base_tf: str, target_tf: str, forex: ForexSession = DEFAULT_FOREX
+) -> tuple[int, int]:
+    """(days_before, days_after): the UTC days around day D whose base candles can fall in a bar
+    labelled in D. (1, 0) for forex daily bars (the New York trading day starts the evening before,
+    21:00/22:00 UTC); (0, 0) for bars on the epoch grid (crypto, forex intraday); (0, 1) for NYSE
+    bars of 1h and longer, which also bin post-market candles of their New York date that fall on the
+    next UTC day (after 20:00 New York); a market that never sends those reads one idle day.
+
+    Why probe instead of a table: the answer follows from `calendars.bin_labels`, so it is computed
+    from it -- every base-timeframe instant (traded or not: off-hours candles are binned too) over
+    both DST regimes -- and cannot drift from the bars' convention. Cached; runs at definition time.
+    """
+    _base_timeframe_check(base_tf, target_tf)
+    before = after = 0
+    for lo, hi in _PROBES:
+        ts = pd.date_range(lo, hi, freq=timeframes.pandas_freq(base_tf), tz="UTC", inclusive="left")
+        label_day = bin_labels(ts, asset_class, target_tf, forex=forex).asi8 // _DAY_NS
+        candle_day = ts.asi8 // _DAY_NS
+        before = max(before, int((label_day - candle_day).max()))
+        after = max(after, int((candle_day - label_day).max()))
+    return max(before, 0), max(after, 0)
+
+
+def resample_days(
+    df: pd.DataFrame,
+    target_tf: str,
+    asset_class: str,
+    first_day: date,
+    last_day: date,
+    *,
+    forex: ForexSession = DEFAULT_FOREX,
+) -> pd.DataFrame:
+    """The `target_tf` bars labelled in UTC days [first_day, last_day] (the partitions they belong to).
+
+    `df` must hold the base candles of those days widened by `partition_read_days`; candles of the
+    neighbouring days only complete the bars at the edges, and the bars labelled on neighbouring days
+    (partial here) are dropped -- they belong to, and are built by, those days' partitions.
+    """
+    bars = resample(df, target_tf, asset_class, forex=forex)
+    start = datetime.combine(first_day, time(0), tzinfo=UTC)
+    end = datetime.combine(last_day + timedelta(days=1), time(0), tzinfo=UTC)
+    keep = (bars["ts"] >= start) & (bars["ts"] < end)
+    return bars[keep].reset_index(drop=True)
+
+
+_DAY_NS = 86_400 * 10**9
+
+
+def _base_timeframe_check(base_tf: str, target_tf: str) -> None:
+    timeframes.check_timeframe(base_tf)
+    timeframes.check_timeframe(target_tf)
+    if not timeframes.is_finer_or_equal(base_tf, target_tf):
+        raise ResampleError(
+            f"cannot build {target_tf} bars from {base_tf} candles; configure derived_timeframes "
+            f"that are whole multiples of {base_tf}"
+        )
+
+
+__all__ = [
+    "CANONICAL_COLUMNS",
+    "RESAMPLED_COLUMNS",
+    "RESAMPLED_DTYPES",
+    "ResampleError",
+    "empty_resampled",
+    "partition_read_days",
+    "resample",
+    "resample_days",
+]
