@@ -442,6 +442,14 @@ class GapSensorConfig(_Model):
     max_runs_in_flight: int = Field(4, ge=1)
     settle_hours: int = Field(36, ge=0, description="Age before a day's data is treated as final.")
     max_attempts: int = Field(3, ge=1, description="Refetches of an incomplete day before it is confirmed.")
+    failure_backoff_seconds: float = Field(
+        300,
+        ge=0,
+        description=(
+            "Wait after a symbol's failed sensor run before its days are requested again; doubles per "
+            "consecutive failure (capped at 6 h)."
+        ),
+    )
 
 
 class AutomationConfig(_Model):

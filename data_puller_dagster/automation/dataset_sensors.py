@@ -87,7 +87,9 @@ def evaluate_dataset_gaps(
     state.fresh = False
     ts = now.timestamp()
     ev = Evaluation()
-    not_submitted = resolve_pending(instance, state, ts)
+    not_submitted = resolve_pending(
+        instance, state, ts, cfg.automation.gap_sensor.failure_backoff_seconds
+    )
     needs = dataset_needs(instance, cfg, feed, state, now)
     for sym in [s for s in needs if state.backing_off(s, ts)]:
         ev.notes.append(f"{sym}: dataset runs failed recently; retry after backoff")
@@ -115,7 +117,9 @@ def evaluate_dataset_files(
     state.fresh = False
     ts = now.timestamp()
     ev = Evaluation()
-    not_submitted = resolve_pending(instance, state, ts)
+    not_submitted = resolve_pending(
+        instance, state, ts, cfg.automation.gap_sensor.failure_backoff_seconds
+    )
 
     records = {
         r.asset_entry.asset_key: r.asset_entry for r in instance.get_asset_records([ds_key, files_key])

@@ -2,6 +2,10 @@
 
 (a) days of [start_date, last complete day] whose normalized partition was never materialized or whose
     last run failed (this also gives a newly added symbol its whole history);
+(a') days whose normalized partition is materialized but a downstream layer of the pipeline (derived,
+    enriched) FAILED for that day: a blocking check that rejected another day of the same range run
+    stores the good days in normalized, and Dagster marks the skipped downstream partitions FAILED;
+    without a run nothing would ever rebuild them (reason `downstream_failed`);
 (b) materialized days whose `missing_by_day` metadata reports missing candles, once the day is
     `settle_hours` old: refetched at most `max_attempts` times, then recorded as a CONFIRMED gap (an
     AssetObservation on the normalized partition with `data_puller/confirmed_gap`) and left alone.
@@ -49,10 +53,29 @@ def _drop_out_of_window(state: SensorState, feed: FeedConfig) -> None:
     state.confirmed = {k: v for k, v in state.confirmed.items() if keep(k)}
 
 
+def downstream_keys(feed: FeedConfig) -> list[dg.AssetKey]:
+    """The pipeline job's layers built from normalized: derived and enriched timeframes."""
+    return [asset_key(feed, "derived", tf) for tf in feed.derived_timeframes] + [
+        asset_key(feed, "enriched", tf) for tf in feed.enriched_timeframes
+    ]
+
+
+def _downstream_failed(instance: dg.DagsterInstance, feed: FeedConfig, keys: list[str]) -> set[str]:
+    """Partition keys whose latest derived/enriched attempt failed (or was skipped after an upstream
+    failure, which Dagster records as FAILED too)."""
+    failed: set[str] = set()
+    parts = feed_partitions(feed)
+    for key in downstream_keys(feed):
+        status = instance.get_status_by_partition(key, keys, parts) or {}
+        failed.update(k for k, st in status.items() if st == dg.AssetPartitionStatus.FAILED)
+    return failed
+
+
 def evaluate_pipeline_gaps(
     instance: dg.DagsterInstance, cfg: AppConfig, feed: FeedConfig, cursor: str | None, now: datetime
 ) -> Evaluation:
-    """One tick of `<feed>_gap_filler`: missing, failed and (settled) incomplete days -> pipeline runs."""
+    """One tick of `<feed>_gap_filler`: missing, failed, downstream-failed and (settled) incomplete days
+    -> pipeline runs."""
     gs = cfg.automation.gap_sensor
     name = gap_sensor_name(feed)
     norm_key = asset_key(feed, "normalized", feed.timeframe)
@@ -61,7 +84,7 @@ def evaluate_pipeline_gaps(
     ts = now.timestamp()
     ev = Evaluation()
 
-    not_submitted = resolve_pending(instance, state, ts)
+    not_submitted = resolve_pending(instance, state, ts, gs.failure_backoff_seconds)
     if state.fresh:
         bootstrap_confirmed(instance, norm_key, state)
         state.fresh = False
@@ -76,6 +99,7 @@ def evaluate_pipeline_gaps(
         days = list(day_range(feed.start_date, last))
         keys = [partition_key(d, s) for s in symbols for d in days]
         status = instance.get_status_by_partition(norm_key, keys, feed_partitions(feed)) or {}
+        down_failed = _downstream_failed(instance, feed, keys)
         for sym in symbols:
             for d in days:
                 pk = partition_key(d, sym)
@@ -86,12 +110,17 @@ def evaluate_pipeline_gaps(
                     needs[sym][d] = "missing"
                 elif st == dg.AssetPartitionStatus.FAILED:
                     needs[sym][d] = "failed"
-                elif pk in state.incomplete and caught_up and settled(d, now, gs.settle_hours):
-                    inc = state.incomplete[pk]
-                    if inc.attempts >= gs.max_attempts:
-                        ev.asset_events.append(_confirm(state, norm_key, pk, inc, gs.max_attempts))
-                    else:
-                        needs[sym][d] = "incomplete"
+                elif pk in state.incomplete:
+                    # refetched (which rebuilds its downstream too) only once settled, at most
+                    # max_attempts times, whatever its downstream status
+                    if caught_up and settled(d, now, gs.settle_hours):
+                        inc = state.incomplete[pk]
+                        if inc.attempts >= gs.max_attempts:
+                            ev.asset_events.append(_confirm(state, norm_key, pk, inc, gs.max_attempts))
+                        else:
+                            needs[sym][d] = "incomplete"
+                elif caught_up and pk in down_failed and pk not in state.confirmed:
+                    needs[sym][d] = "downstream_failed"
     for sym in list(needs):
         if state.backing_off(sym, ts) or not needs[sym]:
             if needs[sym]:

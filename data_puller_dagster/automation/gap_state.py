@@ -28,7 +28,8 @@ from typing import Any
 CURSOR_VERSION = 1
 # A request with no run after this long was lost (sensor stopped before submission, run deleted).
 PENDING_TTL_SECONDS = 3600.0
-# Backoff after a failed run of a symbol: base * 2**(failures-1), capped.
+# Backoff after a failed run of a symbol: base * 2**(failures-1), capped. The base is
+# automation.gap_sensor.failure_backoff_seconds; this is its default.
 BACKOFF_BASE_SECONDS = 300.0
 BACKOFF_MAX_SECONDS = 6 * 3600.0
 
@@ -125,10 +126,16 @@ class SensorState:
     def is_pending(self, symbol: str, day: date) -> bool:
         return any(p.covers(symbol, day) for p in self.pending.values())
 
-    def resolve(self, run_status_by_key: dict[str, str | None], now: float) -> list[str]:
+    def resolve(
+        self,
+        run_status_by_key: dict[str, str | None],
+        now: float,
+        backoff_base: float = BACKOFF_BASE_SECONDS,
+    ) -> list[str]:
         """Drop pending requests whose run finished (or never appeared within the TTL) and update
         each symbol's failure backoff. `run_status_by_key` maps run_key -> "success" | "failure" |
-        "running" | None (no run yet). Returns the run keys that were dropped."""
+        "running" | None (no run yet). A failure backs the symbol off `backoff_base` s, doubled per
+        consecutive failure. Returns the run keys that were dropped."""
         dropped = []
         for key, p in list(self.pending.items()):
             status = run_status_by_key.get(key)
@@ -140,7 +147,7 @@ class SensorState:
                 self.backoff.pop(p.symbol, None)
             elif status == "failure":
                 n = self.backoff.get(p.symbol, {}).get("n", 0) + 1
-                delay = min(BACKOFF_BASE_SECONDS * 2 ** (n - 1), BACKOFF_MAX_SECONDS)
+                delay = min(backoff_base * 2 ** (n - 1), BACKOFF_MAX_SECONDS)
                 self.backoff[p.symbol] = {"n": n, "until": now + delay}
         return dropped
 

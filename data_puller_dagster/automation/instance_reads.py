@@ -35,9 +35,12 @@ def in_flight(instance: dg.DagsterInstance, sensor_name: str) -> int:
     return instance.get_runs_count(dg.RunsFilter(tags={SENSOR_TAG: sensor_name}, statuses=NOT_FINISHED))
 
 
-def resolve_pending(instance: dg.DagsterInstance, state: SensorState, now: float) -> int:
-    """Update pending requests from their runs' statuses; return how many have no run yet (requested
-    this or a recent tick, not yet submitted): they count toward the in-flight bound too."""
+def resolve_pending(
+    instance: dg.DagsterInstance, state: SensorState, now: float, backoff_base: float
+) -> int:
+    """Update pending requests from their runs' statuses (a failed run backs its symbol off
+    `backoff_base` s, see SensorState.resolve); return how many have no run yet (requested this or a
+    recent tick, not yet submitted): they count toward the in-flight bound too."""
     if not state.pending:
         return 0
     keys = list(state.pending)
@@ -50,7 +53,7 @@ def resolve_pending(instance: dg.DagsterInstance, state: SensorState, now: float
         s = "success" if run.status in _SUCCESS else "failure" if run.status in _FAILED else "running"
         if status.get(k) != "running":  # a running duplicate outranks a finished one
             status[k] = s
-    state.resolve(status, now)
+    state.resolve(status, now, backoff_base)
     return sum(1 for k in state.pending if k not in status)
 
 

@@ -5,8 +5,9 @@ partition, so they never fill history, a symbol added to the config, or a day th
 incomplete. Three sensors per feed, each targeting one job (a sensor may only launch the jobs it
 names, and the jobs are defined once in automation.jobs):
 
-- `<feed>_gap_filler` -> `<feed>_pipeline` (gap_sensor): never materialized, failed, and settled
-  incomplete days; a day still incomplete after `max_attempts` refetches becomes a confirmed gap.
+- `<feed>_gap_filler` -> `<feed>_pipeline` (gap_sensor): never materialized, failed (normalized or a
+  downstream layer), and settled incomplete days; a day still incomplete after `max_attempts`
+  refetches becomes a confirmed gap.
 - `<feed>_dataset_filler` -> `<feed>_llm_dataset` (dataset_sensors): dataset days whose enriched inputs
   are newer than their examples.
 - `<feed>_dataset_files` -> `<feed>_llm_dataset_files` (dataset_sensors): the JSONL files, once the
@@ -106,8 +107,9 @@ def build_sensors(cfg: AppConfig) -> list[dg.SensorDefinition]:
                 gap_sensor_name(feed),
                 pipeline_job_name(feed),
                 evaluate_pipeline_gaps,
-                f"Fills {feed.name} history: never materialized or failed days, and incomplete days once "
-                f"{gs.settle_hours} h old (at most {gs.max_attempts} refetches, then a confirmed gap).",
+                f"Fills {feed.name} history: never materialized or failed days (also failed derived/enriched "
+                f"days), and incomplete days once {gs.settle_hours} h old (at most {gs.max_attempts} "
+                "refetches, then a confirmed gap).",
             ),
         ]
         if cfg.dataset.enabled:

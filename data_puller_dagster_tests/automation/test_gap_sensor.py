@@ -9,6 +9,7 @@ import uuid
 from datetime import timedelta
 
 import dagster as dg
+import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG as RANGE_END
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_START_TAG as RANGE_START
 
@@ -26,6 +27,7 @@ from data_puller_dagster.automation.sensors import (
     gap_sensor_name,
     partition_key,
 )
+from data_puller_dagster.config import ConfigError
 from data_puller_dagster_tests.automation.conftest import NOW, Runner, day, make_cfg
 
 
@@ -268,3 +270,17 @@ def test_stub_location_with_real_jobs_and_sensors_loads() -> None:
         "crypto_dataset_filler",
         "crypto_dataset_files",
     }
+
+
+def test_failure_backoff_is_configurable(instance) -> None:
+    cfg = make_cfg(("BTCUSDT",), failure_backoff_seconds=60)
+    runner = Runner(cfg, instance, holes={"fail": [pk(3)]})
+    ev = evaluate_pipeline_gaps(instance, cfg, cfg.feeds[0], None, NOW)
+    assert not runner.run(ev.run_requests[0]).success
+    ev = evaluate_pipeline_gaps(instance, cfg, cfg.feeds[0], ev.cursor, NOW)
+    assert ev.run_requests == [] and any("backoff" in n for n in ev.notes)
+    after = NOW + timedelta(seconds=60)
+    assert ranges(evaluate_pipeline_gaps(instance, cfg, cfg.feeds[0], ev.cursor, after)) == [(pk(0), pk(4))]
+
+    with pytest.raises(ConfigError, match="failure_backoff_seconds"):
+        make_cfg(failure_backoff_seconds=-1)
