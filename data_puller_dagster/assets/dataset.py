@@ -3,10 +3,14 @@
 
 A day's examples need `context_window` earlier candles and the next candle (the target), so each
 partition reads earlier days and the following day; the last candle of a day gets its example once the
-next day exists. Building day by day therefore gives exactly the dataset built from the whole history.
+next day exists. Every enriched day is computed from its own anchored window (assets/enriched.py), so
+building day by day gives byte for byte the files of one range run; the manifest's config_hash covers
+only what decides the content (`dataset_config_hash`), never where it is stored.
 """
 
 
+import hashlib
+import json
 from collections.abc import Iterator
 from datetime import date, timedelta
 
@@ -27,9 +31,34 @@ from data_puller_dagster.config import AppConfig, FeedConfig
 from data_puller_dagster.io.router import Router
 from data_puller_dagster.io.tables import PartitionSlice
 from data_puller_dagster.transform.calendars import expected_grid
-from data_puller_dagster.transform.llm_dataset import build_examples, empty_examples, write_dataset
+from data_puller_dagster.transform.llm_dataset import (
+    SCHEMA_VERSION,
+    build_examples,
+    empty_examples,
+    write_dataset,
+)
 
 CODE_VERSION = "dataset-1"
+
+
+def dataset_config_hash(cfg: AppConfig, feed: FeedConfig) -> str:
+    """Hash of the configuration that decides a feed's dataset *content*, for the manifest and code versions.
+
+    Why not `cfg.fingerprint()`: that hashes the whole config, storage paths (data_dir, parquet_root,
+    datasets_dir, ...), routes and run settings included, so moving the data or changing a retry count
+    would change the manifest of identical files. Included: the feed (symbols, dates, timeframes,
+    decimals, split), the indicators, the effective dataset options, the validation threshold (it
+    decides which days are trusted) and the JSONL schema version. Excluded: storage, sources (URLs,
+    keys, archive use fetch the same candles), routes, runs, automation.
+    """
+    content = {
+        "schema_version": SCHEMA_VERSION,
+        "feed": feed.model_dump(mode="json"),
+        "indicators": cfg.indicators.model_dump(mode="json"),
+        "dataset": cfg.dataset_for(feed).model_dump(mode="json"),
+        "validation": cfg.validation.model_dump(mode="json"),
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def quality_by_day(enriched: pd.DataFrame, feed: FeedConfig, tf: str) -> dict[date, float]:
@@ -64,7 +93,7 @@ def build_dataset_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition
         partitions_def=feed_partitions(feed),
         group_name=feed.name,
         kinds={"pandas", "json"},
-        code_version=f"{CODE_VERSION}-{cfg.fingerprint()}",
+        code_version=f"{CODE_VERSION}-{dataset_config_hash(cfg, feed)}",
         description=(
             f"One LLM training example per {tf} candle ({cfg.dataset.format} format, context of "
             f"{cfg.dataset.context_window} candles), as ready-serialized JSON lines with their split."
@@ -114,7 +143,7 @@ def build_dataset_files_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefi
         deps=[asset_key(feed, "dataset", tf)],
         group_name=feed.name,
         kinds={"json"},
-        code_version=f"{CODE_VERSION}-{cfg.fingerprint()}",
+        code_version=f"{CODE_VERSION}-{dataset_config_hash(cfg, feed)}",
         description=(
             "The JSONL dataset files (train/validation/test) and manifest.json, assembled from every "
             "materialized day of the examples asset, streamed a month at a time."
@@ -127,7 +156,7 @@ def build_dataset_files_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefi
             _monthly_batches(router, src, feed),
             out_dir,
             name=f"{feed.name}_{tf}",
-            config_hash=cfg.fingerprint(),
+            config_hash=dataset_config_hash(cfg, feed),
             dataset_format=cfg.dataset.format,
         )
         context.log.info(f"dataset written to {out_dir}: {manifest.get('rows')}")

@@ -1,8 +1,10 @@
 """`<feed>/enriched_ohlcv_<tf>`: candles plus technical indicators.
 
-Partition boundaries must not change the numbers: each partition reads enough earlier days for the
-indicators to warm up (a lookback in candles, turned into a day offset per market and timeframe), computes
-over the contiguous series, then keeps only its own days.
+Partition boundaries must not change the numbers, not even in the last bit: each partition reads enough
+earlier days for the indicators to warm up (a lookback in candles, turned into a day offset per market and
+timeframe), and each UTC day is computed from its own anchored window (`compute_indicators_by_day`: the
+warm-up candles before that day, never older than the days a single-day run reads). A day built alone and
+the same day inside a range run therefore hold identical values, and so do the datasets built from them.
 """
 
 
@@ -20,9 +22,9 @@ from data_puller_dagster.assets.partitions import (
     window_mapping,
 )
 from data_puller_dagster.config import AppConfig, FeedConfig
-from data_puller_dagster.transform.indicators import compute_indicators, warmup_candles
+from data_puller_dagster.transform.indicators import compute_indicators_by_day, warmup_candles
 
-CODE_VERSION = "enriched-1"
+CODE_VERSION = "enriched-2"  # 2: each day from its own anchored window
 
 
 def build_enriched_asset(cfg: AppConfig, feed: FeedConfig, tf: str) -> dg.AssetsDefinition:
@@ -45,9 +47,14 @@ def build_enriched_asset(cfg: AppConfig, feed: FeedConfig, tf: str) -> dg.Assets
     )
     def enriched(context: AssetExecutionContext, candles: pd.DataFrame) -> dg.Output[pd.DataFrame]:
         window = context_window(context, cfg, feed)
-        candles = candles.sort_values(["symbol", "ts"], kind="stable").reset_index(drop=True)
-        out = compute_indicators(candles, cfg.indicators)
-        out = out[(out["ts"] >= window.start_ts) & (out["ts"] < window.end_ts)].reset_index(drop=True)
+        out = compute_indicators_by_day(
+            candles,
+            cfg.indicators,
+            start=pd.Timestamp(window.start_ts),
+            end=pd.Timestamp(window.end_ts),
+            lookback_days=days_before,
+            warmup=warmup,
+        )
         not_ready = int((~out["indicators_ready"]).sum()) if len(out) else 0
         return dg.Output(
             out,

@@ -1,22 +1,31 @@
-"""Technical indicators on canonical candles, computed with `ta`, partition-invariant by construction.
+"""Technical indicators on canonical candles with `ta`'s formulas, bit-identical under any partitioning.
 
 Why this module looks the way it does:
 
-- **Partition invariance.** The enriched asset computes one day at a time from that day plus
-  `warmup_candles(cfg)` earlier candles. Finite-window indicators (SMA, Bollinger, stochastic, VWAP,
-  windowed OBV) are then exact. Exponential smoothers (EMA, MACD, RSI's Wilder averages, ATR) remember
-  their seed forever, but its weight decays as (1 - alpha)^k; `warmup_candles` is at least the history
-  after which every smoother's seed weighs less than `MAX_DECAY_RESIDUAL`, so partition values equal
+- **Bit-identical partitions.** The enriched asset computes each UTC day d from its own anchored window:
+  the `warmup_candles(cfg)` candles before d (never older than the days a single-day run reads) plus d's
+  candles (`day_blocks`, `compute_indicators_by_day`). The window depends on d and the stored candles
+  only, and a range run computes every day's window as one column of a matrix with the same arithmetic
+  a single-day run uses, so a day built alone and inside any range hold the same bits (then the JSONL
+  dataset built day by day is byte-identical to one built in a range run). Two things would otherwise
+  leak the start of a run into the values: exponential seeds, and the running sums of pandas' rolling
+  windows (their rounding depends on where the sum started); `_rolling` recomputes every window from
+  its own rows instead.
+- **Accuracy.** Finite-window indicators (SMA, Bollinger, stochastic, VWAP, windowed OBV) equal `ta`
+  over the whole history up to float rounding (~1e-12 relative). Exponential smoothers (EMA, MACD,
+  RSI's Wilder averages, ATR) remember their seed, whose weight decays as (1 - alpha)^k; `warmup_candles`
+  is at least the history after which every seed weighs less than `MAX_DECAY_RESIDUAL`, so values equal
   whole-history values up to that decay (`decay_residual` tells how much, for tests and metadata).
 - **OBV is windowed.** ta's OBV is a cumulative sum from wherever the series happens to start: its level
   depends on the first partition ever read and can never be partition-invariant. We publish
   `obv_<OBV_WINDOW>` = ta's OBV differenced over `OBV_WINDOW` candles (net signed volume of the last
   OBV_WINDOW candles), which is exact under any partitioning and is what a model can actually use.
 - **No made-up values.** Each column is NaN until it has its full window (ta's own NaN pattern; ta's ATR
-  writes zeros there, we write NaN). `indicators_ready` is True once the frame has enough rows of that
+  writes zeros there, we write NaN). `indicators_ready` is True once the window has enough rows of that
   symbol for *every* indicator to be defined. Volume indicators are NaN where volume is NaN (forex).
-- **Speed.** ta's ATR is a Python loop (~2.6 s per 1M rows); `average_true_range` is the same Wilder
-  recursion as a pandas `ewm` (C loop), equal to ta's to ~1e-12.
+- **Speed.** Everything is matrix arithmetic: windows are columns, recursions are pandas `ewm` (C loop,
+  column by column), rolling windows are `window` vector steps; Python loops run over symbols, window
+  offsets and columns, never over candles. ta's ATR is a Python loop; ours is the same recursion.
 
 Plain pandas/numpy, no Dagster: the asset layer calls these functions.
 """
@@ -29,10 +38,6 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from ta.momentum import RSIIndicator, StochasticOscillator
-from ta.trend import MACD
-from ta.volatility import BollingerBands
-from ta.volume import VolumeWeightedAveragePrice
 
 from data_puller_dagster.config import IndicatorsConfig
 
@@ -42,6 +47,8 @@ OBV_WINDOW = 20
 MAX_DECAY_RESIDUAL = 1e-5
 READY_COLUMN = "indicators_ready"
 REQUIRED_COLUMNS = ("symbol", "ts", "high", "low", "close", "volume")
+_BASE = ("high", "low", "close", "volume")
+NS_PER_DAY = 86_400 * 10**9
 
 # What a column's numbers are measured in; datasets round each kind to its own precision.
 IndicatorKind = Literal["price", "oscillator", "ratio", "volume"]
@@ -154,76 +161,175 @@ def warmup_candles(cfg: IndicatorsConfig) -> int:
     return max(cfg.warmup_candles, need)
 
 
+def _ewm(x: np.ndarray, **kw: float) -> np.ndarray:
+    """pandas `ewm(..., adjust=False).mean()` down each column (pandas runs it column by column in C)."""
+    return pd.DataFrame(x).ewm(adjust=False, **kw).mean().to_numpy()
+
+
+def _fold(x: np.ndarray, window: int, op: np.ufunc) -> np.ndarray:
+    """op over each trailing window of rows, applied in row order: `window` vector steps, no candle loop."""
+    m = len(x) - window + 1
+    acc = x[:m].copy()
+    for j in range(1, window):
+        op(acc, x[j : j + m], out=acc)
+    return acc
+
+
+def _rolling(x: np.ndarray, window: int, how: str) -> np.ndarray:
+    """Trailing `window`-row sum/mean/std(ddof=0)/min/max down each column, NaN until a full window.
+
+    Every window is recomputed from its own rows, added in a fixed order: unlike a running sum (pandas
+    keeps one, with a compensation term), the value cannot depend on where the computation started.
+    NaN anywhere in a window gives NaN (pandas' min_periods=window). A constant window has a std of
+    exactly 0, as in pandas, so Bollinger %b stays NaN on flat prices instead of dividing rounding noise.
+    """
+    out = np.full(x.shape, np.nan)
+    if len(x) < window:
+        return out
+    if how in ("min", "max"):
+        out[window - 1 :] = _fold(x, window, np.minimum if how == "min" else np.maximum)
+        return out
+    total = _fold(x, window, np.add)
+    if how == "sum":
+        out[window - 1 :] = total
+        return out
+    mean = total / window
+    if how == "mean":
+        out[window - 1 :] = mean
+        return out
+    flat = _fold(x, window, np.minimum) == _fold(x, window, np.maximum)
+    m = len(x) - window + 1
+    ssq = np.zeros_like(mean)
+    for j in range(window):  # second pass: squared deviations from the window's own mean
+        dev = x[j : j + m] - mean
+        ssq += dev * dev
+    out[window - 1 :] = np.where(flat, 0.0, np.sqrt(ssq / window))
+    return out
+
+
+def _shift1(x: np.ndarray) -> np.ndarray:
+    out = np.empty_like(x)
+    out[:1] = np.nan
+    out[1:] = x[:-1]
+    return out
+
+
+def _atr_blocks(high: np.ndarray, low: np.ndarray, close: np.ndarray, window: int) -> np.ndarray:
+    """Wilder's ATR down each column; see `average_true_range`. The seed is summed row by row (not a
+    numpy reduction, whose summation order depends on the array shape) so a column's value does not
+    depend on how many columns are computed with it."""
+    out = np.full(close.shape, np.nan)
+    if len(close) < window:
+        return out
+    prev = _shift1(close)
+    tr = np.fmax(high - low, np.fmax(np.abs(high - prev), np.abs(low - prev)))  # fmax skips the NaN prev
+    seed = tr[0].copy()
+    for j in range(1, window):  # `window` vector additions, not a loop over candles
+        seed += tr[j]
+    seeded = tr.copy()
+    seeded[: window - 1] = np.nan
+    seeded[window - 1] = seed / window
+    return _ewm(seeded, alpha=1.0 / window)
+
+
 def average_true_range(high: np.ndarray, low: np.ndarray, close: np.ndarray, window: int) -> np.ndarray:
-    """Wilder's ATR exactly as `ta.volatility.AverageTrueRange`, vectorized, NaN instead of ta's zeros.
+    """Wilder's ATR as `ta.volatility.AverageTrueRange` (to ~1e-12), vectorized, NaN instead of ta's zeros.
 
     ta seeds with the mean of the first `window` true ranges (the first one is high - low, there is no
     previous close) and then runs atr = (atr * (n - 1) + tr) / n in a Python loop. That recursion is an
     `ewm(alpha=1/n, adjust=False)` started at the seed, which pandas runs in C.
     """
-    high = np.asarray(high, dtype="float64")
-    low = np.asarray(low, dtype="float64")
-    close = np.asarray(close, dtype="float64")
-    n = len(close)
-    out = np.full(n, np.nan)
-    if n < window:
-        return out
-    prev = np.empty(n)
-    prev[0] = np.nan
-    prev[1:] = close[:-1]
-    tr = np.fmax(high - low, np.fmax(np.abs(high - prev), np.abs(low - prev)))  # fmax skips the NaN prev
-    seeded = tr.copy()
-    seeded[: window - 1] = np.nan
-    seeded[window - 1] = tr[:window].mean()
-    return pd.Series(seeded).ewm(alpha=1.0 / window, adjust=False).mean().to_numpy()
+    cols = [np.asarray(a, dtype="float64")[:, None] for a in (high, low, close)]
+    return _atr_blocks(*cols, window)[:, 0]
 
 
-def _one_symbol(frame: pd.DataFrame, cfg: IndicatorsConfig) -> dict[str, np.ndarray]:
-    """Every enabled indicator for one symbol's rows (sorted by ts, fresh RangeIndex)."""
-    close, high, low, volume = frame["close"], frame["high"], frame["low"], frame["volume"]
+def _indicator_blocks(
+    high: np.ndarray, low: np.ndarray, close: np.ndarray, volume: np.ndarray, cfg: IndicatorsConfig
+) -> dict[str, np.ndarray]:
+    """Every enabled indicator down each column of L x B matrices (one series per column, oldest first).
+
+    The formulas are ta's (RSIIndicator, MACD, BollingerBands, EMA/SMA, StochasticOscillator,
+    VolumeWeightedAveragePrice), written on matrices so many windows are computed in one pass. Each
+    value depends only on its own column's rows up to it (elementwise numpy, windows recomputed per row
+    by `_rolling`, pandas ewm column by column): a column gives the same bits alone or next to others,
+    and NaN padding after a column's last row changes nothing before it.
+    """
+    c, h, lo, v = close, high, low, volume
     cols: dict[str, np.ndarray] = {}
-    if cfg.rsi_window:
-        cols[f"rsi_{cfg.rsi_window}"] = RSIIndicator(close, window=cfg.rsi_window).rsi().to_numpy()
-    if cfg.macd:
-        fast, slow, sig = cfg.macd
-        m = MACD(close, window_slow=slow, window_fast=fast, window_sign=sig)
-        cols[f"macd_{fast}_{slow}"] = m.macd().to_numpy()
-        cols[f"macd_signal_{sig}"] = m.macd_signal().to_numpy()
-        cols["macd_hist"] = m.macd_diff().to_numpy()
-    if cfg.bollinger:
-        w, dev = cfg.bollinger
-        bb = BollingerBands(close, window=w, window_dev=dev)
-        cols[f"bb_upper_{w}"] = bb.bollinger_hband().to_numpy()
-        cols[f"bb_middle_{w}"] = bb.bollinger_mavg().to_numpy()
-        cols[f"bb_lower_{w}"] = bb.bollinger_lband().to_numpy()
-        cols[f"bb_pctb_{w}"] = bb.bollinger_pband().to_numpy()
-        cols[f"bb_width_{w}"] = bb.bollinger_wband().to_numpy()
-    for w in cfg.ema_windows:  # ta.trend.EMAIndicator is exactly this ewm; called directly to skip copies
-        cols[f"ema_{w}"] = close.ewm(span=w, min_periods=w, adjust=False).mean().to_numpy()
-    for w in cfg.sma_windows:  # ta.trend.SMAIndicator is exactly this rolling mean
-        cols[f"sma_{w}"] = close.rolling(w, min_periods=w).mean().to_numpy()
-    if cfg.atr_window:
-        cols[f"atr_{cfg.atr_window}"] = average_true_range(
-            high.to_numpy(), low.to_numpy(), close.to_numpy(), cfg.atr_window
-        )
-    if cfg.obv:
-        c = close.to_numpy()
-        v = volume.to_numpy()
-        signed = np.empty(len(c))
-        signed[0:1] = np.nan  # no previous close: direction unknown
-        signed[1:] = np.where(c[1:] < c[:-1], -v[1:], v[1:])  # ta's rule: down -> -volume, else +volume
-        cols[f"obv_{OBV_WINDOW}"] = (
-            pd.Series(signed).rolling(OBV_WINDOW, min_periods=OBV_WINDOW).sum().to_numpy()
-        )
-    if cfg.stochastic:
-        w, s = cfg.stochastic
-        so = StochasticOscillator(high, low, close, window=w, smooth_window=s)
-        cols[f"stoch_k_{w}"] = so.stoch().to_numpy()
-        cols[f"stoch_d_{s}"] = so.stoch_signal().to_numpy()
-    if cfg.vwap_window:
-        vw = VolumeWeightedAveragePrice(high, low, close, volume, window=cfg.vwap_window)
-        cols[f"vwap_{cfg.vwap_window}"] = vw.volume_weighted_average_price().to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if cfg.rsi_window:
+            w = cfg.rsi_window
+            diff = c - _shift1(c)
+            up = _ewm(np.where(diff > 0, diff, 0.0), alpha=1 / w, min_periods=w)
+            dn = _ewm(-np.where(diff < 0, diff, 0.0), alpha=1 / w, min_periods=w)
+            cols[f"rsi_{w}"] = np.where(dn == 0, 100.0, 100 - (100 / (1 + up / dn)))
+        if cfg.macd:
+            fast, slow, sig = cfg.macd
+            macd = _ewm(c, span=fast, min_periods=fast) - _ewm(c, span=slow, min_periods=slow)
+            signal = _ewm(macd, span=sig, min_periods=sig)
+            cols[f"macd_{fast}_{slow}"], cols[f"macd_signal_{sig}"] = macd, signal
+            cols["macd_hist"] = macd - signal
+        if cfg.bollinger:
+            w, dev = cfg.bollinger
+            mavg, mstd = _rolling(c, w, "mean"), _rolling(c, w, "std")
+            hband, lband = mavg + dev * mstd, mavg - dev * mstd
+            cols[f"bb_upper_{w}"], cols[f"bb_middle_{w}"], cols[f"bb_lower_{w}"] = hband, mavg, lband
+            width = hband - lband
+            cols[f"bb_pctb_{w}"] = (c - lband) / np.where(hband != lband, width, np.nan)
+            cols[f"bb_width_{w}"] = (width / mavg) * 100
+        for w in cfg.ema_windows:  # ta.trend.EMAIndicator
+            cols[f"ema_{w}"] = _ewm(c, span=w, min_periods=w)
+        for w in cfg.sma_windows:  # ta.trend.SMAIndicator
+            cols[f"sma_{w}"] = _rolling(c, w, "mean")
+        if cfg.atr_window:
+            cols[f"atr_{cfg.atr_window}"] = _atr_blocks(h, lo, c, cfg.atr_window)
+        if cfg.obv:  # ta's rule: down -> -volume, else +volume; no previous close: unknown
+            prev = _shift1(c)
+            signed = np.where(np.isnan(prev), np.nan, np.where(c < prev, -v, v))
+            cols[f"obv_{OBV_WINDOW}"] = _rolling(signed, OBV_WINDOW, "sum")
+        if cfg.stochastic:
+            w, sm = cfg.stochastic
+            smin, smax = _rolling(lo, w, "min"), _rolling(h, w, "max")
+            k = 100 * (c - smin) / (smax - smin)
+            cols[f"stoch_k_{w}"], cols[f"stoch_d_{sm}"] = k, _rolling(k, sm, "mean")
+        if cfg.vwap_window:
+            w = cfg.vwap_window
+            cols[f"vwap_{w}"] = _rolling((h + lo + c) / 3.0 * v, w, "sum") / _rolling(v, w, "sum")
     return cols
+
+
+def _checked_names(df: pd.DataFrame, cfg: IndicatorsConfig) -> list[str]:
+    """The output column names, after checking `df` is canonical candles without indicator columns."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise IndicatorInputError(
+            f"compute_indicators needs canonical candles; columns {missing} are missing from the input "
+            f"(has {list(df.columns)}); pass the normalized/derived OHLCV frame"
+        )
+    names = [s.column for s in indicator_specs(cfg)]
+    clash = [c for c in [*names, READY_COLUMN] if c in df.columns]
+    if clash:
+        raise IndicatorInputError(
+            f"input already has indicator columns {clash}; pass raw canonical candles, not an enriched frame"
+        )
+    return names
+
+
+def _symbol_order(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(positions of df sorted by (symbol, ts), their symbol codes, their ns timestamps); no duplicates."""
+    ts = pd.DatetimeIndex(df["ts"]).as_unit("ns").asi8
+    codes, _ = pd.factorize(df["symbol"], sort=True)
+    order = np.lexsort((ts, codes))  # stable sort by (symbol, ts); positions into df
+    s_codes, s_ts = codes[order], ts[order]
+    dup = (s_codes[1:] == s_codes[:-1]) & (s_ts[1:] == s_ts[:-1])
+    if dup.any():
+        i = int(np.flatnonzero(dup)[0]) + 1
+        row = df.iloc[order[i]]
+        raise IndicatorInputError(
+            f"{int(dup.sum())} duplicate candle(s), e.g. symbol {row['symbol']!r} at {row['ts']}; "
+            "deduplicate the candles (keep the final one) before computing indicators"
+        )
+    return order, s_codes, s_ts
 
 
 def compute_indicators(df: pd.DataFrame, cfg: IndicatorsConfig) -> pd.DataFrame:
@@ -234,41 +340,19 @@ def compute_indicators(df: pd.DataFrame, cfg: IndicatorsConfig) -> pd.DataFrame:
     no rows, and a gap is not filled). Values that need more history than the frame has are NaN and
     `indicators_ready` is False on those rows. Inf from degenerate windows (e.g. zero range) becomes NaN.
     """
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if missing:
-        raise IndicatorInputError(
-            f"compute_indicators needs canonical candles; columns {missing} are missing from the input "
-            f"(has {list(df.columns)}); pass the normalized/derived OHLCV frame"
-        )
-    specs = indicator_specs(cfg)
-    names = [s.column for s in specs]
-    clash = [c for c in [*names, READY_COLUMN] if c in df.columns]
-    if clash:
-        raise IndicatorInputError(
-            f"input already has indicator columns {clash}; pass raw canonical candles, not an enriched frame"
-        )
+    names = _checked_names(df, cfg)
     n = len(df)
     values = np.full((len(names), n), np.nan)
     ready = np.zeros(n, dtype=bool)
     if n:
-        ts = pd.DatetimeIndex(df["ts"]).as_unit("ns").asi8
-        codes, _ = pd.factorize(df["symbol"], sort=True)
-        order = np.lexsort((ts, codes))  # stable sort by (symbol, ts); positions into df
-        s_codes, s_ts = codes[order], ts[order]
-        dup = (s_codes[1:] == s_codes[:-1]) & (s_ts[1:] == s_ts[:-1])
-        if dup.any():
-            i = int(np.flatnonzero(dup)[0]) + 1
-            row = df.iloc[order[i]]
-            raise IndicatorInputError(
-                f"{int(dup.sum())} duplicate candle(s), e.g. symbol {row['symbol']!r} at {row['ts']}; "
-                "deduplicate the candles (keep the final one) before computing indicators"
-            )
+        order, s_codes, _ = _symbol_order(df)
         bounds = np.r_[0, np.flatnonzero(s_codes[1:] != s_codes[:-1]) + 1, n]
         need = min_history(cfg)
-        base = df[["high", "low", "close", "volume"]].astype("float64").to_numpy()[order]
+        base = df[list(_BASE)].astype("float64").to_numpy()[order]
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):  # one iteration per symbol
-            part = pd.DataFrame(base[a:b], columns=["high", "low", "close", "volume"])
-            cols = _one_symbol(part, cfg)
+            cols = {
+                k: x[:, 0] for k, x in _indicator_blocks(*(base[a:b, j, None] for j in range(4)), cfg).items()
+            }
             rows = order[a:b]
             for k, name in enumerate(names):
                 values[k, rows] = cols[name]
@@ -278,3 +362,107 @@ def compute_indicators(df: pd.DataFrame, cfg: IndicatorsConfig) -> pd.DataFrame:
     extra = pd.DataFrame(values.T, columns=names, index=df.index)
     extra[READY_COLUMN] = ready
     return pd.concat([df, extra], axis=1)
+
+
+# ------------------------------------------------------------------------- anchored, per UTC day
+def day_blocks(
+    ts_ns: np.ndarray, start_ns: int, end_ns: int, warmup: int, lookback_days: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Anchored windows over one symbol's ascending ns timestamps: (anchor, first, stop) per UTC day.
+
+    For every UTC day d in [start, end) that has candles, rows [first, stop) are d's candles and
+    [anchor, stop) is the window its indicators are computed from: the `warmup` candles before d, but
+    none older than d - `lookback_days` (the days a single-partition run of d reads). Both bounds depend
+    only on d and the stored candles, never on which range is being built: that is what makes a day
+    built alone and the same day built inside a range run bit-identical.
+    """
+    idx = np.flatnonzero((ts_ns >= start_ns) & (ts_ns < end_ns))
+    if len(idx) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    day = ts_ns[idx] // NS_PER_DAY * NS_PER_DAY
+    new = np.r_[True, day[1:] != day[:-1]]
+    first = idx[new]
+    stop = np.r_[first[1:], idx[-1] + 1]
+    floor = np.searchsorted(ts_ns, day[new] - lookback_days * NS_PER_DAY, side="left")
+    return np.maximum(first - warmup, floor), first, stop
+
+
+def compute_indicators_by_day(
+    df: pd.DataFrame,
+    cfg: IndicatorsConfig,
+    *,
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    lookback_days: int,
+    warmup: int | None = None,
+) -> pd.DataFrame:
+    """Indicators of the candles with ts in [start, end), each UTC day from its own anchored window.
+
+    `df` holds canonical candles of one or more symbols, including at least the `lookback_days` days
+    before `start` (what the enriched asset reads). Day d's values are the indicators over the
+    window `day_blocks` gives (at most `warmup` candles before d, default `warmup_candles(cfg)`, then d's
+    candles), keeping d's rows: a pure function of the candles of [d - lookback_days, d], computed by the
+    same code whether d is built alone or inside a range. So the day-by-day and range-run results are
+    equal bit for bit (no exponential seed or running rolling sum reaches across a day's window), and
+    equal to whole-history values up to `decay_residual(cfg, warmup)` for the exponential smoothers.
+
+    Returns the rows of [start, end) sorted by (symbol, ts) with a fresh index, plus the indicator
+    columns and `indicators_ready` (True where the window has `min_history(cfg)` rows up to that row).
+    Vectorized: all the day windows of a symbol are the columns of one matrix computed in one pass.
+    """
+    names = _checked_names(df, cfg)
+    warm = warmup_candles(cfg) if warmup is None else int(warmup)
+    lo, hi = _utc_ns(start, "start"), _utc_ns(end, "end")
+    picked: list[np.ndarray] = []
+    blocks: list[np.ndarray] = []
+    ready: list[np.ndarray] = []
+    if len(df):
+        order, s_codes, s_ts = _symbol_order(df)
+        bounds = np.r_[0, np.flatnonzero(s_codes[1:] != s_codes[:-1]) + 1, len(df)]
+        base = df[list(_BASE)].astype("float64").to_numpy()[order]
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):  # one iteration per symbol
+            anchors, firsts, stops = day_blocks(s_ts[a:b], lo, hi, warm, lookback_days)
+            if len(anchors):
+                vals, rdy = _windows(base[a:b], anchors, firsts, stops, names, cfg)
+                blocks.append(vals)
+                ready.append(rdy)
+                picked.append(order[a + firsts[0] : a + stops[-1]])  # the days' rows are contiguous
+    rows = np.concatenate(picked) if picked else np.zeros(0, dtype=np.int64)
+    values = np.concatenate(blocks, axis=1) if blocks else np.empty((len(names), 0))
+    values[~np.isfinite(values)] = np.nan
+    out = df.iloc[rows].reset_index(drop=True)
+    extra = pd.DataFrame(values.T, columns=names, index=out.index)
+    extra[READY_COLUMN] = np.concatenate(ready) if ready else np.zeros(0, dtype=bool)
+    return pd.concat([out, extra], axis=1)
+
+
+def _windows(
+    base: np.ndarray,
+    anchors: np.ndarray,
+    firsts: np.ndarray,
+    stops: np.ndarray,
+    names: list[str],
+    cfg: IndicatorsConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indicators of one symbol's day windows in one pass: window k is column k of an L x B matrix
+    (rows base[anchor_k:stop_k], NaN after), computed by `_indicator_blocks`; returns the values
+    (names x rows) and the ready flags of each day's own rows [first_k, stop_k), day after day."""
+    lengths = stops - anchors
+    depth = int(lengths.max())
+    pos = anchors[None, :] + np.arange(depth)[:, None]  # depth x B positions into base
+    inside = np.arange(depth)[:, None] < lengths[None, :]
+    mats = [np.where(inside, base[np.minimum(pos, len(base) - 1), j], np.nan) for j in range(len(_BASE))]
+    cols = _indicator_blocks(*mats, cfg)
+    # Day k's own rows sit at depths [first_k - anchor_k, stop_k - anchor_k) of column k.
+    k = np.repeat(np.arange(len(anchors)), stops - firsts)
+    depth_of = np.arange(firsts[0], stops[-1]) - anchors[k]  # consecutive days: rows are contiguous
+    values = np.stack([cols[name][depth_of, k] for name in names]) if names else np.empty((0, len(k)))
+    return values, depth_of >= min_history(cfg) - 1
+
+
+def _utc_ns(t: pd.Timestamp, what: str) -> int:
+    ts = pd.Timestamp(t)
+    if ts.tzinfo is None:
+        raise IndicatorInputError(f"{what}={t!r} has no timezone; pass a UTC timestamp (e.g. tz='UTC')")
+    return int(ts.tz_convert("UTC").as_unit("ns").value)
