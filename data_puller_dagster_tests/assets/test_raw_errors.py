@@ -96,7 +96,9 @@ def test_binance_invalid_symbol_is_not_retried(tmp_path: Path) -> None:
         fb.invalid_symbols.add("NOPEUSDT")
         cfg = config(tmp_path, crypto(["NOPEUSDT"]), {"binance": {"base_url": fb.url, "use_archive": False}})
         desc = not_retried(materialize(cfg, "2024-03-01", "2024-03-01", "NOPEUSDT"))
-        assert fb.klines_requests == 2  # the day's two pages, once each
+        # The day's two pages are fetched concurrently: each at most once (the first -1121 may cancel the
+        # other before it is sent); a retry would send them again.
+        assert 1 <= fb.klines_requests <= 2
     assert "crypto" in desc and "NOPEUSDT" in desc and "-1121" in desc and "fix the feed's symbols" in desc
 
 
