@@ -51,6 +51,7 @@ import pandas as pd
 
 from data_puller_dagster import timeframes
 from data_puller_dagster.config import DatasetConfig, DatasetSplitConfig, FeedConfig, IndicatorsConfig
+from data_puller_dagster.io.destinations.staging import staging_token, sweep_local
 from data_puller_dagster.transform.indicators import READY_COLUMN, indicator_columns, indicator_kinds
 
 SCHEMA_VERSION = 1
@@ -492,6 +493,10 @@ def _check_batch(frame: pd.DataFrame, state: dict[str, Any]) -> None:
         state["symbol"], state["last_ts"] = s, ts[run[-1]]
 
 
+def _is_dataset_file(stem: str) -> bool:
+    return stem == "manifest.json" or stem in {f"{s}.jsonl" for s in SPLITS}
+
+
 def write_dataset(
     batches: Iterable[pd.DataFrame],
     out_dir: Path,
@@ -510,8 +515,11 @@ def write_dataset(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tag = f".tmp-{os.getpid()}"
-    tmp = {s: out_dir / f"{s}.jsonl{tag}" for s in SPLITS}
+    # A writer killed mid-write (kill -9, OOM) leaves its temp files (possibly GBs): the next write
+    # removes those of dead writers, never a live writer's (same rule as the file stores).
+    sweep_local(out_dir, _is_dataset_file)
+    token = staging_token()
+    tmp = {s: out_dir / f".{s}.jsonl.{token}.tmp" for s in SPLITS}
     stats = {s: {"rows": 0, "bytes": 0, "first_ts": None, "last_ts": None} for s in SPLITS}
     hashers = {s: hashlib.sha256() for s in SPLITS}
     symbols: set[str] = set()
@@ -583,7 +591,7 @@ def write_dataset(
     for s in SPLITS:
         os.replace(tmp[s], out_dir / f"{s}.jsonl")
     blob = orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
-    mtmp = out_dir / f"manifest.json{tag}"
+    mtmp = out_dir / f".manifest.json.{token}.tmp"
     with open(mtmp, "wb") as fh:
         fh.write(blob)
         fh.flush()
