@@ -35,6 +35,10 @@ QUARANTINE_LIMIT = "quarantine_limit"
 MIN_SPACING_ROWS = 12
 REJECTION_COLUMNS = ["symbol", "day", "reason", "detail", "rows_in", "quarantined"]
 _DAY_NS = 86_400 * 10**9
+_KEPT_WRONG_INTERVAL = (
+    "the day is not stored and its previous version stays. Check the provider URL/proxy and the feed's "
+    "timeframe, then re-materialize the day"
+)
 
 
 def empty_rejections() -> pd.DataFrame:
@@ -92,8 +96,7 @@ def judge_days(
         out.append(_row(sym, day, WRONG_INTERVAL, (
             f"{sym} {day}: {int(wrong_n[c])} of {int(rows[c])} row(s) are {seen} candles by the provider's "
             f"own evidence (close_time - open_time / meta.interval), the request asked for {timeframe}; "
-            "the day is not stored and its previous version stays. Check the provider URL/proxy and the "
-            "feed's timeframe, then re-materialize the day"), rows[c], quar[c]))  # fmt: skip
+            + _KEPT_WRONG_INTERVAL), rows[c], quar[c]))  # fmt: skip
         rejected[c] = True
 
     for c, seen_s, n in _coarser_grid(cell[in_cell], ts_ns[in_cell], cells, tf_s):
@@ -103,9 +106,7 @@ def judge_days(
         seen = timeframes.describe_seconds(seen_s)
         out.append(_row(sym, day, WRONG_INTERVAL, (
             f"{sym} {day}: all {n} candles lie on the {seen} grid, {seen} or more apart: the provider answered "
-            f"{seen} candles to a {timeframe} request; the day is not stored and its previous version stays. "
-            "Check the provider URL/proxy and the feed's timeframe, then re-materialize the day"),
-            rows[c], quar[c]))  # fmt: skip
+            f"{seen} candles to a {timeframe} request; " + _KEPT_WRONG_INTERVAL), rows[c], quar[c]))  # fmt: skip
         rejected[c] = True
 
     with np.errstate(invalid="ignore", divide="ignore"):

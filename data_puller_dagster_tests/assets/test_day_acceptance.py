@@ -55,17 +55,22 @@ def _assert_kept(cfg, result, before: pd.DataFrame, hourly_before: pd.DataFrame,
     assert not any("ohlcv_1h" in s or "enriched" in s for s in started)  # nothing rebuilt from 5m bars
 
 
+def _store_good_day(cfg):
+    """Materialize DAY through the pipeline; return (defs, instance, job, stored normalized, stored 1h)."""
+    defs = build_definitions(cfg)
+    instance = dg.DagsterInstance.ephemeral()
+    job = pipeline_job_name(cfg.feed("crypto"))
+    assert run(defs, job, instance, DAY).success
+    before = read(cfg, "normalized", "1m", DAY, DAY)
+    assert len(before) == 1440
+    return defs, instance, job, before, read(cfg, "derived", "1h", DAY, DAY)
+
+
 def test_rest_answering_5m_bars_to_a_1m_request_keeps_the_stored_day(tmp_path):
     good = generate_klines("2024-01-01", 3 * 1440, "1m", seed=11)
     with FakeBinance({("BTCUSDT", "1m"): good}) as fake:
         cfg = crypto_config(tmp_path, fake.url)
-        defs = build_definitions(cfg)
-        instance = dg.DagsterInstance.ephemeral()
-        job = pipeline_job_name(cfg.feed("crypto"))
-        assert run(defs, job, instance, DAY).success
-        before = read(cfg, "normalized", "1m", DAY, DAY)
-        hourly = read(cfg, "derived", "1h", DAY, DAY)
-        assert len(before) == 1440
+        defs, instance, job, before, hourly = _store_good_day(cfg)
 
         # Misconfigured proxy: the 1m request is answered with real-looking 5m klines (on the 1m grid).
         fake.add("BTCUSDT", "1m", generate_klines("2024-01-01", 3 * 288, "5m", seed=12))
@@ -83,14 +88,8 @@ def test_archive_file_of_another_interval_keeps_the_stored_day(tmp_path):
         cfg = crypto_config(tmp_path, rest.url)
         src = cfg.sources.binance.model_copy(update={"use_archive": True, "archive_url": archive.url})
         cfg = cfg.model_copy(update={"sources": cfg.sources.model_copy(update={"binance": src})})
-        defs = build_definitions(cfg)
-        instance = dg.DagsterInstance.ephemeral()
-        job = pipeline_job_name(cfg.feed("crypto"))
-        assert run(defs, job, instance, DAY).success
+        defs, instance, job, before, hourly = _store_good_day(cfg)
         assert rest.klines_requests == 0  # served from the archive
-        before = read(cfg, "normalized", "1m", DAY, DAY)
-        hourly = read(cfg, "derived", "1h", DAY, DAY)
-        assert len(before) == 1440
 
         # The wrong file is published under the 1m name (valid checksum): 5m klines in µs, 2025 format.
         write_archive(root, generate_klines("2024-01-01", 3 * 288, "5m", seed=14), "BTCUSDT", "1m", micros=True)
@@ -103,12 +102,7 @@ def test_bars_whose_spacing_betrays_another_interval_are_rejected(tmp_path):
     good = generate_klines("2024-01-01", 3 * 1440, "1m", seed=15)
     with FakeBinance({("BTCUSDT", "1m"): good}) as fake:
         cfg = crypto_config(tmp_path, fake.url)
-        defs = build_definitions(cfg)
-        instance = dg.DagsterInstance.ephemeral()
-        job = pipeline_job_name(cfg.feed("crypto"))
-        assert run(defs, job, instance, DAY).success
-        before = read(cfg, "normalized", "1m", DAY, DAY)
-        hourly = read(cfg, "derived", "1h", DAY, DAY)
+        defs, instance, job, before, hourly = _store_good_day(cfg)
 
         disguised = generate_klines("2024-01-01", 3 * 288, "5m", seed=16)
         disguised["close_time"] = disguised["open_time"] + 60_000 - 1
