@@ -9,7 +9,7 @@ Why this module looks the way it does:
   a single-day run uses, so a day built alone and inside any range hold the same bits (then the JSONL
   dataset built day by day is byte-identical to one built in a range run). Two things would otherwise
   leak the start of a run into the values: exponential seeds, and the running sums of pandas' rolling
-  windows (their rounding depends on where the sum started); `_rolling` recomputes every window from
+  windows (their rounding depends on where the sum started); `window_math.rolling` recomputes every window from
   its own rows instead.
 - **Accuracy.** Finite-window indicators (SMA, Bollinger, stochastic, VWAP, windowed OBV) equal `ta`
   over the whole history up to float rounding (~1e-12 relative). Exponential smoothers (EMA, MACD,
@@ -40,6 +40,8 @@ import numpy as np
 import pandas as pd
 
 from data_puller_dagster.config import IndicatorsConfig
+from data_puller_dagster.transform.window_math import atr_blocks, ewm, rolling, shift1
+from data_puller_dagster.transform.window_math import average_true_range as average_true_range  # public
 
 # Net signed volume window of the published OBV (see module docstring). Proposed config key: obv_window.
 OBV_WINDOW = 20
@@ -161,88 +163,6 @@ def warmup_candles(cfg: IndicatorsConfig) -> int:
     return max(cfg.warmup_candles, need)
 
 
-def _ewm(x: np.ndarray, **kw: float) -> np.ndarray:
-    """pandas `ewm(..., adjust=False).mean()` down each column (pandas runs it column by column in C)."""
-    return pd.DataFrame(x).ewm(adjust=False, **kw).mean().to_numpy()
-
-
-def _fold(x: np.ndarray, window: int, op: np.ufunc) -> np.ndarray:
-    """op over each trailing window of rows, applied in row order: `window` vector steps, no candle loop."""
-    m = len(x) - window + 1
-    acc = x[:m].copy()
-    for j in range(1, window):
-        op(acc, x[j : j + m], out=acc)
-    return acc
-
-
-def _rolling(x: np.ndarray, window: int, how: str) -> np.ndarray:
-    """Trailing `window`-row sum/mean/std(ddof=0)/min/max down each column, NaN until a full window.
-
-    Every window is recomputed from its own rows, added in a fixed order: unlike a running sum (pandas
-    keeps one, with a compensation term), the value cannot depend on where the computation started.
-    NaN anywhere in a window gives NaN (pandas' min_periods=window). A constant window has a std of
-    exactly 0, as in pandas, so Bollinger %b stays NaN on flat prices instead of dividing rounding noise.
-    """
-    out = np.full(x.shape, np.nan)
-    if len(x) < window:
-        return out
-    if how in ("min", "max"):
-        out[window - 1 :] = _fold(x, window, np.minimum if how == "min" else np.maximum)
-        return out
-    total = _fold(x, window, np.add)
-    if how == "sum":
-        out[window - 1 :] = total
-        return out
-    mean = total / window
-    if how == "mean":
-        out[window - 1 :] = mean
-        return out
-    flat = _fold(x, window, np.minimum) == _fold(x, window, np.maximum)
-    m = len(x) - window + 1
-    ssq = np.zeros_like(mean)
-    for j in range(window):  # second pass: squared deviations from the window's own mean
-        dev = x[j : j + m] - mean
-        ssq += dev * dev
-    out[window - 1 :] = np.where(flat, 0.0, np.sqrt(ssq / window))
-    return out
-
-
-def _shift1(x: np.ndarray) -> np.ndarray:
-    out = np.empty_like(x)
-    out[:1] = np.nan
-    out[1:] = x[:-1]
-    return out
-
-
-def _atr_blocks(high: np.ndarray, low: np.ndarray, close: np.ndarray, window: int) -> np.ndarray:
-    """Wilder's ATR down each column; see `average_true_range`. The seed is summed row by row (not a
-    numpy reduction, whose summation order depends on the array shape) so a column's value does not
-    depend on how many columns are computed with it."""
-    out = np.full(close.shape, np.nan)
-    if len(close) < window:
-        return out
-    prev = _shift1(close)
-    tr = np.fmax(high - low, np.fmax(np.abs(high - prev), np.abs(low - prev)))  # fmax skips the NaN prev
-    seed = tr[0].copy()
-    for j in range(1, window):  # `window` vector additions, not a loop over candles
-        seed += tr[j]
-    seeded = tr.copy()
-    seeded[: window - 1] = np.nan
-    seeded[window - 1] = seed / window
-    return _ewm(seeded, alpha=1.0 / window)
-
-
-def average_true_range(high: np.ndarray, low: np.ndarray, close: np.ndarray, window: int) -> np.ndarray:
-    """Wilder's ATR as `ta.volatility.AverageTrueRange` (to ~1e-12), vectorized, NaN instead of ta's zeros.
-
-    ta seeds with the mean of the first `window` true ranges (the first one is high - low, there is no
-    previous close) and then runs atr = (atr * (n - 1) + tr) / n in a Python loop. That recursion is an
-    `ewm(alpha=1/n, adjust=False)` started at the seed, which pandas runs in C.
-    """
-    cols = [np.asarray(a, dtype="float64")[:, None] for a in (high, low, close)]
-    return _atr_blocks(*cols, window)[:, 0]
-
-
 def _indicator_blocks(
     high: np.ndarray, low: np.ndarray, close: np.ndarray, volume: np.ndarray, cfg: IndicatorsConfig
 ) -> dict[str, np.ndarray]:
@@ -259,42 +179,42 @@ def _indicator_blocks(
     with np.errstate(divide="ignore", invalid="ignore"):
         if cfg.rsi_window:
             w = cfg.rsi_window
-            diff = c - _shift1(c)
-            up = _ewm(np.where(diff > 0, diff, 0.0), alpha=1 / w, min_periods=w)
-            dn = _ewm(-np.where(diff < 0, diff, 0.0), alpha=1 / w, min_periods=w)
+            diff = c - shift1(c)
+            up = ewm(np.where(diff > 0, diff, 0.0), alpha=1 / w, min_periods=w)
+            dn = ewm(-np.where(diff < 0, diff, 0.0), alpha=1 / w, min_periods=w)
             cols[f"rsi_{w}"] = np.where(dn == 0, 100.0, 100 - (100 / (1 + up / dn)))
         if cfg.macd:
             fast, slow, sig = cfg.macd
-            macd = _ewm(c, span=fast, min_periods=fast) - _ewm(c, span=slow, min_periods=slow)
-            signal = _ewm(macd, span=sig, min_periods=sig)
+            macd = ewm(c, span=fast, min_periods=fast) - ewm(c, span=slow, min_periods=slow)
+            signal = ewm(macd, span=sig, min_periods=sig)
             cols[f"macd_{fast}_{slow}"], cols[f"macd_signal_{sig}"] = macd, signal
             cols["macd_hist"] = macd - signal
         if cfg.bollinger:
             w, dev = cfg.bollinger
-            mavg, mstd = _rolling(c, w, "mean"), _rolling(c, w, "std")
+            mavg, mstd = rolling(c, w, "mean"), rolling(c, w, "std")
             hband, lband = mavg + dev * mstd, mavg - dev * mstd
             cols[f"bb_upper_{w}"], cols[f"bb_middle_{w}"], cols[f"bb_lower_{w}"] = hband, mavg, lband
             width = hband - lband
             cols[f"bb_pctb_{w}"] = (c - lband) / np.where(hband != lband, width, np.nan)
             cols[f"bb_width_{w}"] = (width / mavg) * 100
         for w in cfg.ema_windows:  # ta.trend.EMAIndicator
-            cols[f"ema_{w}"] = _ewm(c, span=w, min_periods=w)
+            cols[f"ema_{w}"] = ewm(c, span=w, min_periods=w)
         for w in cfg.sma_windows:  # ta.trend.SMAIndicator
-            cols[f"sma_{w}"] = _rolling(c, w, "mean")
+            cols[f"sma_{w}"] = rolling(c, w, "mean")
         if cfg.atr_window:
-            cols[f"atr_{cfg.atr_window}"] = _atr_blocks(h, lo, c, cfg.atr_window)
+            cols[f"atr_{cfg.atr_window}"] = atr_blocks(h, lo, c, cfg.atr_window)
         if cfg.obv:  # ta's rule: down -> -volume, else +volume; no previous close: unknown
-            prev = _shift1(c)
+            prev = shift1(c)
             signed = np.where(np.isnan(prev), np.nan, np.where(c < prev, -v, v))
-            cols[f"obv_{OBV_WINDOW}"] = _rolling(signed, OBV_WINDOW, "sum")
+            cols[f"obv_{OBV_WINDOW}"] = rolling(signed, OBV_WINDOW, "sum")
         if cfg.stochastic:
             w, sm = cfg.stochastic
-            smin, smax = _rolling(lo, w, "min"), _rolling(h, w, "max")
+            smin, smax = rolling(lo, w, "min"), rolling(h, w, "max")
             k = 100 * (c - smin) / (smax - smin)
-            cols[f"stoch_k_{w}"], cols[f"stoch_d_{sm}"] = k, _rolling(k, sm, "mean")
+            cols[f"stoch_k_{w}"], cols[f"stoch_d_{sm}"] = k, rolling(k, sm, "mean")
         if cfg.vwap_window:
             w = cfg.vwap_window
-            cols[f"vwap_{w}"] = _rolling((h + lo + c) / 3.0 * v, w, "sum") / _rolling(v, w, "sum")
+            cols[f"vwap_{w}"] = rolling((h + lo + c) / 3.0 * v, w, "sum") / rolling(v, w, "sum")
     return cols
 
 
