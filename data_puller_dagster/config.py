@@ -19,7 +19,7 @@ import os
 import re
 import types
 import typing
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -91,8 +91,12 @@ class BinanceSourceConfig(_Model):
     weight_budget_per_minute: int = Field(6000, ge=10, description="IP request-weight budget (6000 today).")
     weight_safety_fraction: float = Field(0.8, gt=0, le=1, description="Slow down above this share of it.")
     max_concurrency: int = Field(8, ge=1, le=64, description="Pages fetched at once.")
-    timeout_seconds: float = Field(30.0, gt=0)
+    timeout_seconds: float = Field(30.0, gt=0, description="Read timeout of one request (seconds).")
+    connect_timeout_seconds: float = Field(5.0, gt=0, description="TCP connect timeout of one request.")
     max_retries: int = Field(5, ge=0, le=20)
+    max_retry_seconds: float = Field(
+        120.0, gt=0, description="Give up retrying one request (retryable) after this much time."
+    )
 
     @field_validator("base_url", "archive_url")
     @classmethod
@@ -114,8 +118,12 @@ class TwelveDataSourceConfig(_Model):
     credits_per_minute: int = Field(8, ge=1, description="8 on the free plan; raise for paid plans.")
     max_concurrency: int = Field(4, ge=1, le=64)
     outputsize: int = Field(5000, ge=1, le=5000)
-    timeout_seconds: float = Field(30.0, gt=0)
+    timeout_seconds: float = Field(30.0, gt=0, description="Read timeout of one request (seconds).")
+    connect_timeout_seconds: float = Field(5.0, gt=0, description="TCP connect timeout of one request.")
     max_retries: int = Field(5, ge=0, le=20)
+    max_retry_seconds: float = Field(
+        120.0, gt=0, description="Give up retrying one request (retryable) after this much time."
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -127,16 +135,54 @@ class TwelveDataSourceConfig(_Model):
     def _empty_key_is_none(cls, v: Any) -> Any:
         return None if v in ("", None) else v
 
+    @field_validator("api_key")
+    @classmethod
+    def _plausible_key(cls, v: SecretStr | None) -> SecretStr | None:
+        # Messages never include the key: config errors are printed and logged.
+        return _check_api_key(v)
+
 
 class SourcesConfig(_Model):
-    binance: BinanceSourceConfig = Field(default_factory=BinanceSourceConfig)
-    twelvedata: TwelveDataSourceConfig = Field(default_factory=TwelveDataSourceConfig)
+    # Defaults are validated from {} (not built by a factory) so errors in values taken from the
+    # environment (TWELVEDATA_API_KEY, ...) carry their full key path.
+    binance: BinanceSourceConfig = Field(default_factory=dict)
+    twelvedata: TwelveDataSourceConfig = Field(default_factory=dict)
 
 
 def _check_url(v: str) -> str:
     if not re.match(r"^(https?|file)://[^\s]+$", v):
         raise ValueError(f"{v!r} is not a URL; use http(s)://host[:port][/path] or file:///path")
     return v.rstrip("/")
+
+
+MIN_API_KEY_LENGTH = 8  # Twelve Data keys are 32 characters; "demo" is their public demo key
+
+
+def _check_api_key(v: SecretStr | None) -> SecretStr | None:
+    """Catch the usual paste mistakes (truncated key, stray spaces) before a run fails on them."""
+    if v is None:
+        return v
+    key = v.get_secret_value()
+    if key != key.strip() or any(c.isspace() for c in key):
+        raise ValueError("contains whitespace; paste the key alone, without spaces or newlines")
+    if len(key) < MIN_API_KEY_LENGTH and key != "demo":
+        raise ValueError(
+            f"is too short (under {MIN_API_KEY_LENGTH} characters); paste the whole key from your "
+            "Twelve Data dashboard"
+        )
+    return v
+
+
+def missing_credentials(cfg: AppConfig, feed: FeedConfig) -> str | None:
+    """Why a feed's source cannot authenticate (None when it can), e.g. 'TWELVEDATA_API_KEY not set'.
+
+    Twelve Data over http(s) needs a key; a file:// base_url (recorded bodies, the demo) does not,
+    and Binance's public market data needs none. Sensors and schedules skip such feeds instead of
+    launching runs that can only fail on authentication."""
+    td = cfg.sources.twelvedata
+    if feed.source == "twelvedata" and td.api_key is None and not td.base_url.startswith("file://"):
+        return "TWELVEDATA_API_KEY not set"
+    return None
 
 
 # ----------------------------------------------------------------------------------------------- feeds
@@ -164,6 +210,14 @@ class FeedConfig(_Model):
     @classmethod
     def _name(cls, v: str) -> str:
         return check_name(v, "feed name")
+
+    @field_validator("start_date")
+    @classmethod
+    def _not_future(cls, v: date) -> date:
+        today = datetime.now(UTC).date()
+        if v > today:
+            raise ValueError(f"{v} is in the future; use a day up to today ({today}, UTC)")
+        return v
 
     @field_validator("symbols")
     @classmethod
@@ -466,7 +520,7 @@ class AppConfig(_Model):
 
     version: Literal[1] = 1
     storage: StorageConfig = Field(default_factory=StorageConfig)
-    sources: SourcesConfig = Field(default_factory=SourcesConfig)
+    sources: SourcesConfig = Field(default_factory=dict)  # validated: full key paths
     feeds: list[FeedConfig] = Field(min_length=1)
     indicators: IndicatorsConfig = Field(default_factory=IndicatorsConfig)
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
@@ -592,13 +646,39 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return model
 
 
+def _is_secret(loc: tuple[Any, ...]) -> bool:
+    """Is this location (or a key above it) a SecretStr field? Its value must never be printed."""
+    for i, part in enumerate(loc):
+        model = _model_at(loc[:i])
+        if model is not None and isinstance(part, str) and part in model.model_fields:
+            if SecretStr in _unwrap(model.model_fields[part].annotation):
+                return True
+    return False
+
+
+_KINDS = {bool: "a boolean", int: "a number", float: "a number", dict: "a mapping", list: "a list"}
+
+
+def _secret_problem(path: str, e: Any, msg: str) -> str:
+    """`path: problem` for a secret field: the kind of value, never the value itself."""
+    if e["type"] == "value_error":  # our own validators, which never echo the key
+        return f"{path}: (secret, not shown) {msg}"
+    kind = _KINDS.get(type(e.get("input")), f"a {type(e.get('input')).__name__}")
+    return (
+        f"{path}: (secret, not shown) {kind} is invalid: a secret must be a string; quote it in YAML, "
+        "or better, take it from the environment with ${VAR}"
+    )
+
+
 def render_errors(err: ValidationError) -> list[str]:
     problems = []
     for e in err.errors(include_url=False):
         loc = tuple(e["loc"])
         path = _loc_path(loc)
         msg = e["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        if e["type"] == "extra_forbidden":
+        if e["type"] not in ("extra_forbidden", "missing") and _is_secret(loc):
+            problems.append(_secret_problem(path, e, msg))
+        elif e["type"] == "extra_forbidden":
             parent = _model_at(loc[:-1])
             allowed = f"; allowed keys here: {', '.join(parent.model_fields)}" if parent else ""
             problems.append(f"{path}: unknown key (check its spelling){allowed}")
@@ -606,12 +686,29 @@ def render_errors(err: ValidationError) -> list[str]:
             problems.append(f"{path}: required key is missing")
         elif e["type"] == "value_error":
             problems.append(msg if path == "<root>" else f"{path}: {msg}")
+        elif e["type"].startswith("date_"):
+            problems.append(f"{path}: {e.get('input')!r} is invalid: {msg}; write a real calendar day as YYYY-MM-DD")
         else:
             problems.append(f"{path}: {e.get('input')!r} is invalid: {msg}")
     return problems
 
 
 # -------------------------------------------------------------------------------------------- loading
+class _ConfigLoader(yaml.SafeLoader):
+    """SafeLoader whose impossible dates (2024-02-30) stay strings, so validation reports them with
+    their key path like any other bad value, instead of PyYAML raising a bare ValueError."""
+
+
+def _timestamp_or_text(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+    try:
+        return loader.construct_yaml_timestamp(node)
+    except ValueError:
+        return loader.construct_scalar(node)
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_or_text)
+
+
 def config_path() -> Path:
     return Path(os.environ.get("DATA_PULLER_CONFIG") or DEFAULT_CONFIG_PATH)
 
@@ -639,7 +736,7 @@ def load_config(path: str | Path | None = None) -> AppConfig:
             str(p),
         )
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.load(p.read_text(), Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         raise ConfigError([f"not valid YAML: {e}"], str(p)) from None
     return parse_config(data, str(p))

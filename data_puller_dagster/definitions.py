@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 import warnings
 
 import dagster as dg
 
 from data_puller_dagster.assets.feed import build_all_assets, routed_tables, tables_read_downstream
 from data_puller_dagster.automation.jobs import build_jobs
-from data_puller_dagster.config import AppConfig, load_config
+from data_puller_dagster.config import AppConfig, ConfigError, load_config, missing_credentials
+from data_puller_dagster.io.errors import RoutingError
 from data_puller_dagster.io.io_manager import build_io_manager
 from data_puller_dagster.io.router import Router
 
@@ -18,12 +21,34 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 
+# The "dagster" logger: the one `dagster dev`, the code server and `dagster definitions validate`
+# print, so the warning shows up in their output (a Python warning would not in all of them).
+log = logging.getLogger("dagster")
+
+
+def warn_missing_credentials(cfg: AppConfig) -> None:
+    """Say once, at load, which feeds cannot authenticate (their sensors/schedules skip with the reason)."""
+    by_reason: dict[str, list[str]] = {}
+    for feed in cfg.feeds:
+        reason = missing_credentials(cfg, feed)
+        if reason:
+            by_reason.setdefault(reason, []).append(feed.name)
+    for reason, feeds in by_reason.items():
+        log.warning(
+            "%s: feed(s) %s cannot fetch; their schedules and sensors skip until you export it (or set "
+            "sources.twelvedata.api_key) and reload the code location",
+            reason,
+            ", ".join(feeds),
+        )
+
+
 def build_definitions(cfg: AppConfig) -> dg.Definitions:
     """Assets (with their checks), jobs, schedules, sensors and the routed IO manager for a config."""
     from data_puller_dagster.automation.schedules import build_schedules
     from data_puller_dagster.automation.sensors import build_sensors
 
     Router(cfg).validate(routed_tables(cfg), read_downstream=tables_read_downstream(cfg))
+    warn_missing_credentials(cfg)
     return dg.Definitions(
         assets=build_all_assets(cfg),
         jobs=build_jobs(cfg),
@@ -33,4 +58,10 @@ def build_definitions(cfg: AppConfig) -> dg.Definitions:
     )
 
 
-defs = build_definitions(load_config())
+try:
+    defs = build_definitions(load_config())
+except (ConfigError, RoutingError) as _err:
+    # Our message goes first, as one paragraph, before whatever the loading tool prints about it; the
+    # error is re-raised without our frames (they would only say where the config was read).
+    print(f"data-puller-dagster: {_err}", file=sys.stderr, flush=True)
+    raise _err.with_traceback(None) from None

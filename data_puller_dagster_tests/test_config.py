@@ -93,14 +93,14 @@ def test_env_overrides(monkeypatch, tmp_path):
     monkeypatch.setenv("BINANCE_BASE_URL", "http://127.0.0.1:9001")
     monkeypatch.setenv("BINANCE_ARCHIVE_URL", "http://127.0.0.1:9002/")
     monkeypatch.setenv("TWELVEDATA_BASE_URL", "http://127.0.0.1:9003")
-    monkeypatch.setenv("TWELVEDATA_API_KEY", "k-123")
+    monkeypatch.setenv("TWELVEDATA_API_KEY", "k-12345678")
     monkeypatch.setenv("DATA_PULLER_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
     cfg = parse_config(MINIMAL)
     assert cfg.sources.binance.base_url == "http://127.0.0.1:9001"
     assert cfg.sources.binance.archive_url == "http://127.0.0.1:9002"  # trailing slash stripped
     assert cfg.sources.twelvedata.base_url == "http://127.0.0.1:9003"
-    assert cfg.sources.twelvedata.api_key.get_secret_value() == "k-123"
-    assert "k-123" not in repr(cfg) and "k-123" not in str(cfg.model_dump())
+    assert cfg.sources.twelvedata.api_key.get_secret_value() == "k-12345678"
+    assert "k-12345678" not in repr(cfg) and "k-12345678" not in str(cfg.model_dump())
     assert cfg.storage.duckdb_file == tmp_path / "home" / "warehouse.duckdb"
     assert cfg.storage.postgres_url.get_secret_value().startswith("postgresql://")
 

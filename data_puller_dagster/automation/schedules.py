@@ -7,6 +7,7 @@ from datetime import timedelta
 import dagster as dg
 
 from data_puller_dagster.automation.jobs import pipeline_job_name
+from data_puller_dagster.automation.sensor_common import credentials_skip
 from data_puller_dagster.config import AppConfig, FeedConfig
 
 
@@ -39,6 +40,9 @@ def build_schedule(cfg: AppConfig, feed: FeedConfig) -> dg.ScheduleDefinition:
         description=f"Daily at {offset // 60:02d}:{offset % 60:02d} UTC: yesterday's {feed.name} candles, every symbol.",
     )
     def daily(context: dg.ScheduleEvaluationContext):
+        skip = credentials_skip(cfg, feed)
+        if skip is not None:
+            return skip
         yesterday = (context.scheduled_execution_time - timedelta(days=1)).date()
         return daily_run_requests(feed, yesterday)
 

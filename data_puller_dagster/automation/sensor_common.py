@@ -14,7 +14,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from data_puller_dagster.assets.partitions import DATE_DIM, SYMBOL_DIM
 from data_puller_dagster.automation.gap_state import Pending, SensorState, contiguous_ranges, day_range
 from data_puller_dagster.automation.jobs import FEED_TAG, PROVIDER_TAG
-from data_puller_dagster.config import AppConfig, FeedConfig
+from data_puller_dagster.config import AppConfig, FeedConfig, missing_credentials
 
 SENSOR_TAG = "data_puller/sensor"
 TRIGGER_TAG = "data_puller/trigger"
@@ -59,6 +59,18 @@ class Evaluation:
             cursor=self.cursor,
             skip_reason=skip,
         )
+
+
+def credentials_skip(cfg: AppConfig, feed: FeedConfig) -> dg.SkipReason | None:
+    """A skip for feeds whose source cannot authenticate: a run launched now could only fail on
+    authentication (and be retried), so sensors and schedules say why and request nothing."""
+    reason = missing_credentials(cfg, feed)
+    if reason is None:
+        return None
+    return dg.SkipReason(
+        f"{reason}: export it (or set sources.twelvedata.api_key) and reload the code location; "
+        f"no {feed.name} runs are requested until then"
+    )
 
 
 def partition_key(day: date, symbol: str) -> str:

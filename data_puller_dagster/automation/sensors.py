@@ -52,6 +52,7 @@ from data_puller_dagster.automation.sensor_common import (
     SENSOR_TAG,
     TRIGGER_TAG,
     Evaluation,
+    credentials_skip,
     dataset_sensor_name,
     files_sensor_name,
     gap_sensor_name,
@@ -154,7 +155,10 @@ def _make_sensor(
         description=description,
         tags={FEED_TAG: feed.name},
     )
-    def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+        skip = credentials_skip(cfg, feed)
+        if skip is not None:
+            return skip
         ev = fn(context.instance, cfg, feed, context.cursor, _now())
         for note in ev.notes:
             context.log.info(note)

@@ -205,31 +205,40 @@ class Router:
         asset loads as an input, which must reach storage.primary unfiltered for every symbol.
         """
         primary = self.cfg.storage.primary
-        problems: list[str] = []
-        for t in read_downstream if read_downstream is not None else tables:
-            full = [
-                r
-                for r in self.routes_for(t)
-                if primary in r.destinations and not r.filter and r.match.symbol is None
-            ]
-            if not full:
-                problems.append(
-                    f"table {t.qualified} is read by downstream assets but no enabled route sends it to the "
-                    f"primary store {primary!r} unfiltered for all symbols; add {primary!r} to a route matching "
-                    f"layer {t.layer!r} without filter/symbol restrictions"
-                )
+        # problem -> tables: the same route mistake hits every table of a layer, so it is said once
+        # with the list of tables rather than once per table.
+        problems: dict[str, list[str]] = {}
+        starved = [
+            t
+            for t in (read_downstream if read_downstream is not None else tables)
+            if not any(
+                primary in r.destinations and not r.filter and r.match.symbol is None for r in self.routes_for(t)
+            )
+        ]
+        if starved:
+            layers = ", ".join(dict.fromkeys(t.layer for t in starved))
+            problems[
+                "read by downstream assets but no enabled route sends them to the primary store "
+                f"{primary!r} unfiltered for all symbols; add {primary!r} to a route matching layer(s) "
+                f"{layers} without filter/symbol restrictions"
+            ] = [t.qualified for t in starved]
         for t in tables:
             seen: dict[str, str] = {}
             for r in self.routes_for(t):
                 for d in r.destinations:
                     if d in seen:
-                        problems.append(
-                            f"table {t.qualified} is sent to {d!r} by routes {seen[d]!r} and {r.id!r}; each would "
-                            "replace the other's partitions; narrow one route's match or drop the destination"
-                        )
+                        problems.setdefault(
+                            f"sent to {d!r} by routes {seen[d]!r} and {r.id!r}; each would replace the "
+                            "other's partitions; narrow one route's match or drop the destination",
+                            [],
+                        ).append(t.qualified)
                     seen.setdefault(d, r.id)
         if problems:
             raise RoutingError(
                 "routes in the configuration cannot serve the assets:\n"
-                + "\n".join(f"  - {p}" for p in problems)
+                + "\n".join(f"  - {_tables(names)} {p}" for p, names in problems.items())
             )
+
+
+def _tables(names: list[str]) -> str:
+    return f"table {names[0]} is" if len(names) == 1 else f"tables {', '.join(names)} are"
