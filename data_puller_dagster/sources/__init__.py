@@ -18,6 +18,7 @@ from data_puller_dagster.sources.errors import (
     RateLimitedError,
     SourceError,
     TransientSourceError,
+    UnreachableError,
 )
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "SourceError",
     "SourceAdapter",
     "TransientSourceError",
+    "UnreachableError",
     "build_adapter",
     "raw_empty",
 ]

@@ -171,6 +171,8 @@ class BinanceRest:
         page_limit: int = PAGE_LIMIT,
         now: Callable[[], pd.Timestamp] | None = None,
         bans: BanStore | None = None,
+        connect_timeout: float | None = None,
+        max_retry_seconds: float | None = None,
     ):
         self.base_url = base_url.rstrip("/")
         # Bans every process sees (None: only this process's budget remembers them).
@@ -183,6 +185,8 @@ class BinanceRest:
         self.http = HttpClient(
             PROVIDER, timeout=timeout, max_retries=max_retries, budget=budget,
             backoff_base=backoff_base, backoff_max=backoff_max, pool_size=max_concurrency,
+            connect_timeout=connect_timeout, max_retry_seconds=max_retry_seconds,
+            url_setting="sources.binance.base_url (BINANCE_BASE_URL)",
         )  # fmt: skip
 
     def page_windows(self, timeframe: str, start: pd.Timestamp, end: pd.Timestamp) -> list[tuple[int, int]]:
@@ -350,15 +354,17 @@ class BinanceAdapter:
             lambda: MinuteBudget(c.weight_budget_per_minute, c.weight_safety_fraction,
                                  used_header="X-MBX-USED-WEIGHT-1M", provider=PROVIDER),
         )  # fmt: skip
+        timeouts = {"timeout": c.timeout_seconds, "connect_timeout": c.connect_timeout_seconds,
+                    "max_retry_seconds": c.max_retry_seconds}  # fmt: skip
         rest = BinanceRest(
-            c.base_url, timeout=c.timeout_seconds, max_retries=c.max_retries, max_concurrency=c.max_concurrency,
-            budget=budget, bans=bans, **overrides,
+            c.base_url, max_retries=c.max_retries, max_concurrency=c.max_concurrency,
+            budget=budget, bans=bans, **{**timeouts, **overrides},
         )  # fmt: skip
         archive = None
         if c.use_archive:
             archive = BinanceArchive(
-                c.archive_url, timeout=c.timeout_seconds, max_retries=c.max_retries,
-                max_concurrency=c.max_concurrency, backoff_base=overrides.get("backoff_base", 0.5),
+                c.archive_url, max_retries=c.max_retries, max_concurrency=c.max_concurrency,
+                backoff_base=overrides.get("backoff_base", 0.5), **timeouts,
             )  # fmt: skip
         return cls(rest, archive)
 

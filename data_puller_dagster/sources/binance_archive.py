@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -27,7 +27,15 @@ from data_puller_dagster.sources.errors import (
     InvalidRequestError,
     MalformedResponseError,
 )
-from data_puller_dagster.sources.http import Decision, Done, Fail, HttpClient, Retry, retry_after_seconds
+from data_puller_dagster.sources.http import (
+    Decision,
+    Done,
+    Fail,
+    HttpClient,
+    Retry,
+    fetch_pages,
+    retry_after_seconds,
+)
 
 PROVIDER = "binance"
 SOURCE = "binance_archive"
@@ -93,6 +101,8 @@ class BinanceArchive:
         max_retries: int = 5,
         max_concurrency: int = 8,
         backoff_base: float = 0.5,
+        connect_timeout: float | None = None,
+        max_retry_seconds: float | None = None,
     ):
         self.url = archive_url.rstrip("/")
         self.local: Path | None = None
@@ -103,11 +113,14 @@ class BinanceArchive:
             SOURCE,
             timeout=timeout,
             max_retries=max_retries,
+            connect_timeout=connect_timeout,
+            max_retry_seconds=max_retry_seconds,
+            url_setting="sources.binance.archive_url (BINANCE_ARCHIVE_URL)",
             backoff_base=backoff_base,
             pool_size=max_concurrency,
         )
 
-    def _read(self, rel: str, what: str) -> bytes | None:
+    def _read(self, rel: str, what: str, cancelled: threading.Event | None = None) -> bytes | None:
         if self.local is not None:
             p = self.local / rel
             return p.read_bytes() if p.is_file() else None
@@ -128,16 +141,18 @@ class BinanceArchive:
                 )
             )
 
-        return self.http.get(f"{self.url}/{rel}", None, what=what, classify=classify)
+        return self.http.get(f"{self.url}/{rel}", None, what=what, classify=classify, cancelled=cancelled)
 
-    def fetch_day(self, symbol: str, timeframe: str, day: pd.Timestamp) -> pd.DataFrame | None:
+    def fetch_day(
+        self, symbol: str, timeframe: str, day: pd.Timestamp, cancelled: threading.Event | None = None
+    ) -> pd.DataFrame | None:
         """One UTC day's verified candles, or None when the archive has not published it."""
         rel = archive_relpath(symbol, timeframe, day)
         what = f"binance archive {symbol} {timeframe} {day:%Y-%m-%d} ({self.url}/{rel})"
-        data = self._read(rel, what)
+        data = self._read(rel, what, cancelled)
         if data is None:
             return None
-        checksum = self._read(rel + ".CHECKSUM", what)
+        checksum = self._read(rel + ".CHECKSUM", what, cancelled)
         if checksum is None:
             raise ChecksumMismatchError(
                 f"{what}: the zip exists but its .CHECKSUM does not, so the file cannot be verified and is "
@@ -166,16 +181,14 @@ class BinanceArchive:
         if not days:
             return [], {}, {}
 
-        def one(d: pd.Timestamp) -> pd.DataFrame | ChecksumMismatchError | None:
+        def one(d: pd.Timestamp, cancelled: threading.Event) -> pd.DataFrame | ChecksumMismatchError | None:
             try:
-                return self.fetch_day(symbol, timeframe, d)
+                return self.fetch_day(symbol, timeframe, d, cancelled)
             except ChecksumMismatchError as err:
                 return err
 
-        with ThreadPoolExecutor(
-            max_workers=min(self.max_concurrency, len(days)), thread_name_prefix="binance-archive"
-        ) as ex:
-            results = list(ex.map(one, days))
+        # fetch_pages, not an executor: an interrupt (SIGTERM) must not wait for reads in flight.
+        results = fetch_pages(one, days, self.max_concurrency, "binance-archive")
         found: dict[pd.Timestamp, pd.DataFrame] = {}
         unverified: dict[pd.Timestamp, ChecksumMismatchError] = {}
         for d, df in zip(days, results, strict=True):

@@ -76,3 +76,11 @@ class MalformedResponseError(SourceError):
 
 class LocalDataMissingError(SourceError):
     """A `file://` source has no file for the requested symbol/interval."""
+
+
+class UnreachableError(SourceError):
+    """The provider's host does not resolve or refuses connections: a wrong URL or no network.
+
+    Failed at once, without in-step retries (the same name resolves the same way a second later) and
+    not retried by the RetryPolicy either: the message names the host, the cause and the setting to
+    check (BINANCE_BASE_URL, BINANCE_ARCHIVE_URL, TWELVEDATA_BASE_URL), which is the fix."""

@@ -10,17 +10,25 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import NameResolutionError
 
-from data_puller_dagster.sources.errors import RateLimitedError, SourceError, TransientSourceError
+from data_puller_dagster.sources.errors import (
+    RateLimitedError,
+    SourceError,
+    TransientSourceError,
+    UnreachableError,
+)
+from data_puller_dagster.sources.pages import PageCancelledError, fetch_pages
 from data_puller_dagster.sources.ratelimit import MinuteBudget
 
 log = logging.getLogger("data_puller_dagster.sources")
@@ -36,35 +44,35 @@ def redact(text: str, secrets: Iterable[str | None]) -> str:
     return text
 
 
+def unreachable_cause(exc: BaseException) -> str | None:
+    """'name does not resolve (...)' / 'connection refused' when that is what `exc` wraps, else None.
 
-W = TypeVar("W")
-R = TypeVar("R")
-
-
-class PageCancelledError(SourceError):
-    """A page that was not fetched because a sibling page of the same fetch failed first."""
-
-
-def fetch_pages(
-    page: Callable[[W, threading.Event], R], windows: Sequence[W], max_concurrency: int, name: str
-) -> list[R]:
-    """Fetch every page window concurrently, all or nothing.
-
-    Paging a provider is latency bound, so pages run on a thread pool (sharing the adapter's session and
-    rate-limit budget). The first failure cancels the pages not yet sent and is raised as the root cause
-    (never a cancelled sibling), so a request never succeeds with a hole in it.
+    requests wraps urllib3's MaxRetryError, whose `.reason` wraps the socket error (as `__context__`),
+    so the chain is walked. Timeouts are deliberately not matched: a slow host may answer next time.
     """
-    cancelled = threading.Event()
-    with ThreadPoolExecutor(max_workers=max(1, min(max_concurrency, len(windows))), thread_name_prefix=name) as ex:
-        futures = [ex.submit(page, w, cancelled) for w in windows]
-        wait(futures, return_when=FIRST_EXCEPTION)
-        errs = [f.exception() for f in futures if f.done() and f.exception() is not None]
-        if errs:
-            cancelled.set()
-            for f in futures:
-                f.cancel()
-            raise next((e for e in errs if not isinstance(e, PageCancelledError)), errs[0])  # type: ignore[misc]
-        return [f.result() for f in futures]
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        e = todo.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, socket.gaierror):
+            return f"name does not resolve ({e.strerror or e})"
+        if isinstance(e, NameResolutionError) and e.__context__ is None:
+            return "name does not resolve"
+        if isinstance(e, ConnectionRefusedError):
+            return "connection refused"
+        todo.extend([*e.args, getattr(e, "reason", None), e.__cause__, e.__context__])
+    return None
+
+
+def host_of(url: str) -> str:
+    """host[:port] of a URL, without any userinfo (never shown)."""
+    parts = urlsplit(url)
+    host = parts.hostname or url
+    return f"{host}:{parts.port}" if parts.port else host
+
 
 @dataclass(frozen=True)
 class Done:
@@ -98,6 +106,11 @@ Decision = Done | Retry | Fail
 class HttpClient:
     """A requests.Session with explicit timeouts and bounded, jittered retries.
 
+    `timeout` is the read timeout, `connect_timeout` (default: `timeout`) the TCP connect one: a
+    dead host is noticed in seconds while a big page may still take long to arrive. Retries of one
+    request stop after `max_retries` or once `max_retry_seconds` of retrying (from the start of its
+    first failed attempt) would be exceeded, whichever is first. A host that does not resolve or
+    refuses connections fails at once with UnreachableError naming `url_setting` (the key to fix).
     `backoff_base`/`backoff_max` are constructor arguments so tests run with millisecond waits.
     """
 
@@ -107,6 +120,9 @@ class HttpClient:
         *,
         timeout: float,
         max_retries: int,
+        connect_timeout: float | None = None,
+        max_retry_seconds: float | None = None,
+        url_setting: str = "the source's base_url",
         budget: MinuteBudget | None = None,
         headers: Mapping[str, str] | None = None,
         secrets: Iterable[str | None] = (),
@@ -117,7 +133,10 @@ class HttpClient:
     ):
         self.provider = provider
         self.timeout = timeout
+        self.connect_timeout = connect_timeout if connect_timeout is not None else timeout
         self.max_retries = max_retries
+        self.max_retry_seconds = max_retry_seconds
+        self.url_setting = url_setting
         self.budget = budget
         self.secrets = [s for s in secrets if s]
         self.backoff_base = backoff_base
@@ -158,6 +177,8 @@ class HttpClient:
         """
         last = "no attempt made"
         rate_limited = False
+        failing_since: float | None = None
+        attempts = 0
         for attempt in range(self.max_retries + 1):
             if cancelled is not None and cancelled.is_set():
                 raise PageCancelledError(
@@ -169,9 +190,20 @@ class HttpClient:
                 self.budget.acquire(cost)
             with self._lock:
                 self.requests_sent += 1
+            attempts += 1
+            started = time.monotonic()
             try:
-                resp = self.session.get(url, params=params, timeout=self.timeout)
+                resp = self.session.get(url, params=params, timeout=(self.connect_timeout, self.timeout))
             except (requests.Timeout, requests.ConnectionError) as e:
+                cause = unreachable_cause(e)
+                if cause is not None:
+                    raise UnreachableError(
+                        self.redact(
+                            f"{what}: cannot reach {host_of(url)}: {cause}; check {self.url_setting} "
+                            "or the network"
+                        ),
+                        provider=self.provider,
+                    ) from None
                 last = self.redact(f"{type(e).__name__}: {e}")
                 decision: Decision = Retry(cause=last)
             else:
@@ -188,16 +220,27 @@ class HttpClient:
             if attempt == self.max_retries:
                 break
             wait = self.backoff(attempt) if decision.wait is None else decision.wait
+            failing_since = started if failing_since is None else failing_since
+            spent = time.monotonic() - failing_since
+            if self.max_retry_seconds is not None and spent + wait > self.max_retry_seconds:
+                last += (
+                    f"; stopped after {spent:.1f}s of retrying (a retry in {wait:.1f}s would exceed "
+                    f"max_retry_seconds={self.max_retry_seconds:g})"
+                )
+                break
             if decision.rate_limited and self.budget is not None:
                 self.budget.pause(wait)
             with self._lock:
                 self.retries += 1
             log.warning("%s: %s; retry %d/%d in %.2fs", what, last, attempt + 1, self.max_retries, wait)
-            self.sleep(wait)
+            if cancelled is not None and self.sleep is time.sleep:
+                cancelled.wait(wait)  # a failed sibling or an interrupt ends the backoff early
+            else:
+                self.sleep(wait)
         kind = RateLimitedError if rate_limited else TransientSourceError
         raise kind(
             self.redact(
-                f"{what}: gave up after {self.max_retries + 1} attempt(s); last cause: {last}. "
+                f"{what}: gave up after {attempts} attempt(s); last cause: {last}. "
                 "The partition can be retried later (Dagster retries it per the run retry policy)."
             ),
             provider=self.provider,
@@ -205,6 +248,21 @@ class HttpClient:
 
     def close(self) -> None:
         self.session.close()
+
+
+__all__ = [
+    "Decision",
+    "Done",
+    "Fail",
+    "HttpClient",
+    "PageCancelledError",
+    "Retry",
+    "fetch_pages",
+    "host_of",
+    "redact",
+    "retry_after_seconds",
+    "unreachable_cause",
+]
 
 
 def retry_after_seconds(resp: requests.Response, default: float) -> float:

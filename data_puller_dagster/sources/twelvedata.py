@@ -115,6 +115,8 @@ class TwelveDataAdapter:
         backoff_max: float = 30.0,
         minute_wait: Callable[[], float] = seconds_to_next_minute,
         now: Callable[[], pd.Timestamp] | None = None,
+        connect_timeout: float | None = None,
+        max_retry_seconds: float | None = None,
     ):
         self.base_url = base_url.rstrip("/")
         self.local: Path | None = (
@@ -129,6 +131,8 @@ class TwelveDataAdapter:
         self.http = HttpClient(
             PROVIDER, timeout=timeout, max_retries=max_retries, budget=budget, headers=headers,
             secrets=[self._key], backoff_base=backoff_base, backoff_max=backoff_max, pool_size=max_concurrency,
+            connect_timeout=connect_timeout, max_retry_seconds=max_retry_seconds,
+            url_setting="sources.twelvedata.base_url (TWELVEDATA_BASE_URL)",
         )  # fmt: skip
 
     @classmethod
@@ -138,8 +142,10 @@ class TwelveDataAdapter:
         )
         key = c.api_key.get_secret_value() if c.api_key is not None else None
         return cls(
-            c.base_url, key, outputsize=c.outputsize, timeout=c.timeout_seconds, max_retries=c.max_retries,
-            max_concurrency=c.max_concurrency, budget=budget, **overrides,
+            c.base_url, key, outputsize=c.outputsize, max_retries=c.max_retries,
+            max_concurrency=c.max_concurrency, budget=budget,
+            **{"timeout": c.timeout_seconds, "connect_timeout": c.connect_timeout_seconds,
+               "max_retry_seconds": c.max_retry_seconds, **overrides},
         )  # fmt: skip
 
     def __repr__(self) -> str:  # never show the key
