@@ -18,8 +18,9 @@ import dagster as dg
 import pandas as pd
 from dagster import AssetExecutionContext
 
-from data_puller_dagster.assets.metadata import frame_metadata
-from data_puller_dagster.assets.naming import asset_key, dataset_files_key, table_metadata, table_ref
+from data_puller_dagster.assets.catalog import catalog_metadata, catalog_tags, storage_kinds
+from data_puller_dagster.assets.naming import asset_key, dataset_files_key, table_ref
+from data_puller_dagster.assets.partition_metadata import add_partition_metadata, partition_groups
 from data_puller_dagster.assets.partitions import (
     backfill_policy,
     context_window,
@@ -92,13 +93,14 @@ def build_dataset_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition
         },
         partitions_def=feed_partitions(feed),
         group_name=feed.name,
-        kinds={"pandas", "json"},
+        kinds={"pandas", "json", *storage_kinds(cfg, feed, "dataset", tf)},
+        tags=catalog_tags(feed, "dataset", tf),
         code_version=f"{CODE_VERSION}-{dataset_config_hash(cfg, feed)}",
         description=(
             f"One LLM training example per {tf} candle ({cfg.dataset.format} format, context of "
             f"{cfg.dataset.context_window} candles), as ready-serialized JSON lines with their split."
         ),
-        metadata=table_metadata(feed, "dataset", tf),
+        metadata=catalog_metadata(cfg, feed, "dataset", tf),
         backfill_policy=backfill_policy(cfg),
     )
     def dataset(context: AssetExecutionContext, enriched: pd.DataFrame) -> dg.Output[pd.DataFrame]:
@@ -121,17 +123,24 @@ def build_dataset_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition
             frames.append(batch.frame)
             excluded_quality += int(batch.excluded_low_quality)
         out = pd.concat(frames, ignore_index=True) if frames else empty_examples()
-        splits = out["split"].value_counts().to_dict() if len(out) else {}
-        return dg.Output(
-            out,
-            metadata={
-                **frame_metadata(out.drop(columns=["line"])),
-                "examples_by_split": dg.MetadataValue.json({str(k): int(v) for k, v in splits.items()}),
-                "excluded_low_quality": dg.MetadataValue.int(excluded_quality),
-            },
+        add_partition_metadata(
+            context,
+            context.assets_def.key,
+            partition_groups(out.drop(columns=["line"]), window),
+            lambda _k, rows: {"examples_by_split": dg.MetadataValue.json(_splits(rows))},
         )
+        context.log.info(
+            f"dataset {tf} {window.describe()}: {len(out)} example(s) {_splits(out)}, "
+            f"{excluded_quality} excluded for low quality"
+        )
+        return dg.Output(out, metadata={"excluded_low_quality": dg.MetadataValue.int(excluded_quality)})
 
     return dataset
+
+
+def _splits(rows: pd.DataFrame) -> dict[str, int]:
+    counts = rows["split"].value_counts().to_dict() if len(rows) else {}
+    return {str(k): int(v) for k, v in counts.items()}
 
 
 def build_dataset_files_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition:
@@ -143,6 +152,8 @@ def build_dataset_files_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefi
         deps=[asset_key(feed, "dataset", tf)],
         group_name=feed.name,
         kinds={"json"},
+        tags=catalog_tags(feed, "dataset_files", tf),
+        metadata={"dagster/uri": str(cfg.storage.datasets_location / feed.name / f"llm_{tf}")},
         code_version=f"{CODE_VERSION}-{dataset_config_hash(cfg, feed)}",
         description=(
             "The JSONL dataset files (train/validation/test) and manifest.json, assembled from every "

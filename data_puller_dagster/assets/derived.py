@@ -14,8 +14,9 @@ import dagster as dg
 import pandas as pd
 from dagster import AssetExecutionContext
 
-from data_puller_dagster.assets.metadata import frame_metadata
-from data_puller_dagster.assets.naming import asset_key, table_metadata
+from data_puller_dagster.assets.catalog import catalog_metadata, catalog_tags, storage_kinds
+from data_puller_dagster.assets.naming import asset_key
+from data_puller_dagster.assets.partition_metadata import add_partition_metadata, partition_groups
 from data_puller_dagster.assets.partitions import (
     backfill_policy,
     context_window,
@@ -38,27 +39,29 @@ def build_derived_asset(cfg: AppConfig, feed: FeedConfig, tf: str) -> dg.AssetsD
         ins={"base": dg.AssetIn(base_key, partition_mapping=window_mapping(before, after))},
         partitions_def=feed_partitions(feed),
         group_name=feed.name,
-        kinds={"pandas"},
+        kinds={"pandas", *storage_kinds(cfg, feed, "derived", tf)},
+        tags=catalog_tags(feed, "derived", tf),
         code_version=CODE_VERSION,
         description=(
             f"{tf} bars built from {feed.timeframe} candles, equal to the exchange's native {tf} bars; "
             f"a bar belongs to the UTC day of its ts, built from base candles of {reads}. "
             "`complete` is False where base candles were missing, `source_candles` counts them."
         ),
-        metadata=table_metadata(feed, "derived", tf),
+        metadata=catalog_metadata(cfg, feed, "derived", tf),
         backfill_policy=backfill_policy(cfg),
     )
     def derived(context: AssetExecutionContext, base: pd.DataFrame) -> dg.Output[pd.DataFrame]:
         window = context_window(context, cfg, feed)
         bars = resample_days(base, tf, feed.asset_class, window.start, window.end)
-        incomplete = int((~bars["complete"]).sum()) if len(bars) else 0
-        return dg.Output(
-            bars,
-            metadata={
-                **frame_metadata(bars),
-                "incomplete_bars": dg.MetadataValue.int(incomplete),
-                "base_rows_read": dg.MetadataValue.int(len(base)),
-            },
+        add_partition_metadata(
+            context,
+            context.assets_def.key,
+            partition_groups(bars, window),
+            lambda _k, rows: {"incomplete_bars": dg.MetadataValue.int(int((~rows["complete"].astype(bool)).sum()))},
         )
+        context.log.info(
+            f"derived {tf} {window.describe()}: {len(bars)} bar(s) from {len(base)} base row(s) read"
+        )
+        return dg.Output(bars, metadata={"base_rows_read": dg.MetadataValue.int(len(base))})
 
     return derived

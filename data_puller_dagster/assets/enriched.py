@@ -12,8 +12,9 @@ import dagster as dg
 import pandas as pd
 from dagster import AssetExecutionContext
 
-from data_puller_dagster.assets.metadata import frame_metadata
-from data_puller_dagster.assets.naming import asset_key, ohlcv_key, table_metadata
+from data_puller_dagster.assets.catalog import catalog_metadata, catalog_tags, storage_kinds
+from data_puller_dagster.assets.naming import asset_key, ohlcv_key
+from data_puller_dagster.assets.partition_metadata import add_partition_metadata, partition_groups
 from data_puller_dagster.assets.partitions import (
     backfill_policy,
     context_window,
@@ -36,13 +37,14 @@ def build_enriched_asset(cfg: AppConfig, feed: FeedConfig, tf: str) -> dg.Assets
         ins={"candles": dg.AssetIn(ohlcv_key(feed, tf), partition_mapping=window_mapping(days_before))},
         partitions_def=feed_partitions(feed),
         group_name=feed.name,
-        kinds={"pandas"},
+        kinds={"pandas", *storage_kinds(cfg, feed, "enriched", tf)},
+        tags=catalog_tags(feed, "enriched", tf),
         code_version=f"{CODE_VERSION}-{_hash(cfg)}",
         description=(
             f"{tf} candles with indicators (ta). Reads {days_before} earlier day(s) ({warmup} candles) for "
             "warm-up; `indicators_ready` is False where the feed lacks that history (values are null)."
         ),
-        metadata=table_metadata(feed, "enriched", tf),
+        metadata=catalog_metadata(cfg, feed, "enriched", tf),
         backfill_policy=backfill_policy(cfg),
     )
     def enriched(context: AssetExecutionContext, candles: pd.DataFrame) -> dg.Output[pd.DataFrame]:
@@ -55,14 +57,16 @@ def build_enriched_asset(cfg: AppConfig, feed: FeedConfig, tf: str) -> dg.Assets
             lookback_days=days_before,
             warmup=warmup,
         )
-        not_ready = int((~out["indicators_ready"]).sum()) if len(out) else 0
-        return dg.Output(
-            out,
-            metadata={
-                **frame_metadata(out),
-                "warmup_rows_read": dg.MetadataValue.int(len(candles) - len(out)),
-                "rows_not_ready": dg.MetadataValue.int(not_ready),
+        add_partition_metadata(
+            context,
+            context.assets_def.key,
+            partition_groups(out, window),
+            lambda _k, rows: {
+                "rows_not_ready": dg.MetadataValue.int(int((~rows["indicators_ready"].astype(bool)).sum()))
             },
+        )
+        return dg.Output(
+            out, metadata={"warmup_rows_read": dg.MetadataValue.int(len(candles) - len(out))}
         )
 
     return enriched

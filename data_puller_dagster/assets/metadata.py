@@ -7,6 +7,8 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+from data_puller_dagster.assets.catalog import COLUMN_DESCRIPTIONS
+
 PREVIEW_ROWS = 5
 SAMPLE_ROWS = 5
 
@@ -18,7 +20,10 @@ def frame_metadata(df: pd.DataFrame) -> dict[str, Any]:
         md["first_candle"] = dg.MetadataValue.text(df["ts"].min().isoformat())
         md["last_candle"] = dg.MetadataValue.text(df["ts"].max().isoformat())
     md["dagster/column_schema"] = dg.TableSchema(
-        columns=[dg.TableColumn(name=str(c), type=str(t)) for c, t in df.dtypes.items()]
+        columns=[
+            dg.TableColumn(name=str(c), type=str(t), description=COLUMN_DESCRIPTIONS.get(str(c)))
+            for c, t in df.dtypes.items()
+        ]
     )
     md["preview"] = dg.MetadataValue.md(_markdown(df.head(PREVIEW_ROWS)))
     return md

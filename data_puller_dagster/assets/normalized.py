@@ -14,8 +14,16 @@ import pandas as pd
 from dagster import AssetExecutionContext
 
 from data_puller_dagster import timeframes
-from data_puller_dagster.assets.metadata import frame_metadata, sample_rows
-from data_puller_dagster.assets.naming import asset_key, table_metadata
+from data_puller_dagster.assets.catalog import catalog_metadata, catalog_tags, storage_kinds
+from data_puller_dagster.assets.metadata import sample_rows
+from data_puller_dagster.assets.naming import asset_key
+from data_puller_dagster.assets.normalized_metadata import (
+    MISSING_BY_DAY,
+    missing_table,
+    partition_figures,
+    partition_metadata,
+)
+from data_puller_dagster.assets.partition_metadata import add_partition_metadata, partition_groups, sig
 from data_puller_dagster.assets.partitions import (
     backfill_policy,
     context_window,
@@ -37,8 +45,7 @@ CHECK_QUARANTINE = "no_ohlc_violations"
 CHECK_COMPLETENESS = "complete_against_calendar"
 CHECK_FRESHNESS = "fresh"
 
-# Metadata key the gap-filling sensor reads: {"YYYY-MM-DD": {"<symbol key>": missing candles}}.
-MISSING_BY_DAY = "missing_by_day"
+__all__ = ["MISSING_BY_DAY", "build_normalized_assets", "missing_by_day"]
 
 
 def missing_by_day(missing: pd.DatetimeIndex, key: str) -> dict[str, dict[str, int]]:
@@ -87,22 +94,24 @@ def build_normalized_assets(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefini
                 key=norm_key,
                 is_required=False,
                 group_name=feed.name,
-                kinds={"pandas", "pandera"},
+                kinds={"pandas", "pandera", *storage_kinds(cfg, feed, "normalized", tf)},
+                tags=catalog_tags(feed, "normalized", tf),
                 code_version=CODE_VERSION,
                 description=(
                     f"Canonical {tf} OHLCV: UTC grid-aligned, deduplicated, validated; still-open candles "
                     "flagged is_final=False. Schema version in transform.canonical."
                 ),
-                metadata=table_metadata(feed, "normalized", tf),
+                metadata=catalog_metadata(cfg, feed, "normalized", tf),
             ),
             "quarantine": dg.AssetOut(
                 key=quar_key,
                 is_required=False,
                 group_name=feed.name,
-                kinds={"pandas"},
+                kinds={"pandas", *storage_kinds(cfg, feed, "quarantine", tf)},
+                tags=catalog_tags(feed, "quarantine", tf),
                 code_version=CODE_VERSION,
                 description="Rows that broke a rule (OHLC integrity, bad timestamps, ...), with the rule.",
-                metadata=table_metadata(feed, "quarantine", tf),
+                metadata=catalog_metadata(cfg, feed, "quarantine", tf),
             ),
         },
         ins={"raw": dg.AssetIn(raw_key)},
@@ -138,25 +147,25 @@ def build_normalized_assets(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefini
         present = sum(s["present"] for s in per_symbol.values())
         completeness = present / expected if expected else 1.0
         score = data_quality_score(completeness=completeness, rows_in=report.rows_in, quarantined=len(quarantine))
-        by_day: dict[str, dict[str, int]] = {}
-        for s in per_symbol.values():
-            for day, m in s["by_day"].items():
-                by_day.setdefault(day, {}).update(m)
-
-        common: dict[str, Any] = {
-            "quality_score": dg.MetadataValue.float(float(score)),
-            "missing_candles": dg.MetadataValue.int(int(missing)),
-            "gap_segments": dg.MetadataValue.int(int(segments)),
-            "quarantined_rows": dg.MetadataValue.int(len(quarantine)),
-            MISSING_BY_DAY: dg.MetadataValue.json(by_day),
-            **{f"normalize/{k}": v for k, v in _scalar_metadata(report.as_metadata()).items()},
-        }
+        # Each partition's own figures go to that partition's materialization; the Output (copied onto
+        # every partition by Dagster) keeps only what is about the run as a whole.
+        figures = partition_figures(
+            feed, window, data=data, raw=raw, quarantine=quarantine, rejections=rejections, now=now
+        )
+        run_report = _scalar_metadata(report.as_metadata())
+        context.log.info(
+            f"normalized {feed.name} {tf} {window.describe()}: run totals quality_score={sig(score)}, "
+            f"missing_candles={missing}, gap_segments={segments}, quarantined_rows={len(quarantine)}"
+        )
 
         for r in rejections.itertuples():
             context.log.error(f"normalized {feed.name} {tf}: {r.detail}")
         if storable:
             value = PartialOutput(data, keep) if keep else data
-            md = {**frame_metadata(data), **common}
+            add_partition_metadata(
+                context, norm_key, partition_groups(data, window), lambda k, _rows: partition_metadata(figures[k])
+            )
+            md: dict[str, Any] = {}
             if keep:
                 md["rejected_partitions"] = _rejections_table(rejections)
             yield dg.Output(value, output_name="normalized", metadata=md)
@@ -166,7 +175,8 @@ def build_normalized_assets(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefini
                 f"version): schema failures: {summary.failures}; rows outside the requested days: "
                 f"{len(outside)}; rejected partitions: {len(keep)} of {len(window.keys) * window.days}"
             )
-        yield dg.Output(quarantine, output_name="quarantine", metadata=frame_metadata(quarantine))
+        add_partition_metadata(context, quar_key, partition_groups(quarantine, window))
+        yield dg.Output(quarantine, output_name="quarantine")
 
         yield dg.AssetCheckResult(
             asset_key=norm_key,
@@ -179,8 +189,10 @@ def build_normalized_assets(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefini
             metadata={
                 "failures": dg.MetadataValue.json(_jsonable(summary.failures)),
                 "rows_outside_window": dg.MetadataValue.int(len(outside)),
-                "quarantined_fraction": dg.MetadataValue.float(round(float(quarantined_fraction), 4)),
+                "quarantined_fraction": dg.MetadataValue.float(sig(quarantined_fraction)),
+                "quality_score": dg.MetadataValue.float(sig(score)),
                 "rejected_partitions": _rejections_table(rejections),
+                **{f"normalize/{k}": v for k, v in run_report.items()},
                 "sample": sample_rows(
                     outside if not outside.empty else quarantine if not rejections.empty else summary.sample
                 ),
@@ -216,7 +228,8 @@ def build_normalized_assets(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefini
             metadata={
                 "missing_candles": dg.MetadataValue.int(int(missing)),
                 "gap_segments": dg.MetadataValue.int(int(segments)),
-                "completeness": dg.MetadataValue.float(float(completeness)),
+                "completeness": dg.MetadataValue.float(sig(completeness)),
+                "missing_by_partition": missing_table(figures),
                 "segments": dg.MetadataValue.json(
                     {k: v["segment_list"][:20] for k, v in per_symbol.items() if v["segment_list"]}
                 ),
@@ -299,7 +312,7 @@ def _scalar_metadata(md: dict[str, Any]) -> dict[str, Any]:
         if isinstance(v, bool) or isinstance(v, int):
             out[k] = dg.MetadataValue.int(int(v))
         elif isinstance(v, float):
-            out[k] = dg.MetadataValue.float(v)
+            out[k] = dg.MetadataValue.float(sig(v))
         elif isinstance(v, str):
             out[k] = dg.MetadataValue.text(v)
         else:

@@ -11,8 +11,9 @@ import dagster as dg
 import pandas as pd
 from dagster import AssetExecutionContext
 
-from data_puller_dagster.assets.metadata import frame_metadata
-from data_puller_dagster.assets.naming import asset_key, table_metadata
+from data_puller_dagster.assets.catalog import catalog_metadata, catalog_tags, storage_kinds
+from data_puller_dagster.assets.naming import asset_key
+from data_puller_dagster.assets.partition_metadata import add_partition_metadata, partition_groups
 from data_puller_dagster.assets.partitions import backfill_policy, context_window, feed_partitions
 from data_puller_dagster.config import AppConfig, FeedConfig
 from data_puller_dagster.sources import (
@@ -21,6 +22,7 @@ from data_puller_dagster.sources import (
     InvalidRequestError,
     IpBannedError,
     SourceError,
+    UnreachableError,
     build_adapter,
     raw_empty,
 )
@@ -39,6 +41,7 @@ _NOT_RETRIED = {
     AuthenticationError: "the API key was refused; retrying sends the same key",
     InvalidRequestError: "the provider rejects this request the same way every time",
     ChecksumMismatchError: "the archive file fails verification and REST could not replace the day",
+    UnreachableError: "the host does not resolve or refuses connections; fix the URL or the network",
 }
 
 
@@ -88,13 +91,14 @@ def build_raw_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition:
         key=key,
         partitions_def=feed_partitions(feed),
         group_name=feed.name,
-        kinds={"python", "pandas", feed.source},
+        kinds={"python", "pandas", feed.source, *storage_kinds(cfg, feed, "raw", tf)},
+        tags=catalog_tags(feed, "raw", tf),
         code_version=CODE_VERSION,
         description=(
             f"{feed.asset_class} {tf} candles from {feed.source} for the partition's UTC day(s), exactly "
             "as the provider sent them plus provenance columns (ts, symbol, timeframe, source, fetched_at)."
         ),
-        metadata=table_metadata(feed, "raw", tf),
+        metadata=catalog_metadata(cfg, feed, "raw", tf),
         pool=provider_of(feed),
         retry_policy=dg.RetryPolicy(
             max_retries=cfg.runs.retry_max,
@@ -144,10 +148,13 @@ def build_raw_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition:
                 f"{', '.join(window.keys)}; kept out of the raw partition"
             )
             df = df[inside].reset_index(drop=True)
-        md = frame_metadata(df)
-        md["rows_outside_window"] = dg.MetadataValue.int(outside)
+        # Each partition gets its own rows and time range; the Output keeps only what belongs to the
+        # request as a whole (rows the provider sent outside it, archive days replaced over REST).
+        add_partition_metadata(context, key, partition_groups(df, window))
+        md: dict[str, dg.MetadataValue] = {"rows_outside_window": dg.MetadataValue.int(outside)}
         if feed.source == "binance":
             md["archive_checksum_fallback_days"] = dg.MetadataValue.int(len(fallbacks))
+        context.log.info(f"raw {feed.name} {tf} {window.describe()}: {len(df)} row(s) in the run")
         return dg.Output(df, metadata=md)
 
     return raw

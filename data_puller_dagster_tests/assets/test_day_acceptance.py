@@ -190,10 +190,20 @@ def test_quarantine_limit_is_per_day_inside_a_range_run(tmp_path, broken_middle_
     # The broken day's rows are in quarantine; the sensor is told the day is still missing.
     quarantine = read(cfg, "quarantine", "1m", DAY, DAY)
     assert len(quarantine) == 1416
-    mat = instance.get_latest_materialization_event(asset_key(cfg.feed("crypto"), "normalized", "1m"))
-    md = mat.asset_materialization.metadata
+    # Each day's materialization carries its own figures: the rejected day its reason and counts.
+    recs = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key(cfg.feed("crypto"), "normalized", "1m")), limit=10, ascending=True
+    ).records
+    by_part = {r.asset_materialization.partition: r.asset_materialization.metadata for r in recs}
+    md = by_part[f"{DAY}|BTCUSDT"]
     assert md["missing_by_day"].value == {DAY: {"BTCUSDT": 1440}}
     assert md["kept_stored_partitions"].value == [f"{DAY}|BTCUSDT"]
+    assert md["rows_in"].value == 1440 and md["quarantined_rows"].value == 1416
+    assert "stored version stays" in md["rejected"].value
+    for good in ("2024-01-01", "2024-01-03"):
+        assert by_part[f"{good}|BTCUSDT"]["missing_by_day"].value == {good: {"BTCUSDT": 0}}
+        assert by_part[f"{good}|BTCUSDT"]["dagster/row_count"].value == 1440
+        assert "rejected" not in by_part[f"{good}|BTCUSDT"]
 
 
 def test_a_fully_broken_day_alone_is_not_stored(tmp_path, broken_middle_day):

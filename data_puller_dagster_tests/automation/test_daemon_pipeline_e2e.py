@@ -149,9 +149,12 @@ def test_daemon_runs_the_real_pipeline_and_closes_the_gaps(tmp_path: Path) -> No
                 assert run1.tags["dagster/asset_partition_range_start"] == keys[0]
                 assert run1.tags["dagster/asset_partition_range_end"] == keys[-1]
                 assert run1.tags[REASON_TAG] == "missing"
-                first_mat = instance.get_latest_materialization_event(norm_key)
-                assert first_mat is not None
-                by_day = first_mat.asset_materialization.metadata["missing_by_day"].value
+                # Each partition's materialization carries its own day (issue 14): read the holed day's.
+                first = instance.fetch_materializations(
+                    dg.AssetRecordsFilter(asset_key=norm_key, asset_partitions=[keys[1]]), limit=1
+                ).records
+                assert first, "the holed day was not materialized"
+                by_day = first[0].asset_materialization.metadata["missing_by_day"].value
                 assert by_day.get(days[1].isoformat(), {}).get(SYMBOL) == len(HOLE_HOURS), by_day
 
                 # The provider now has the candles; a later tick refetches the incomplete (settled) day.
