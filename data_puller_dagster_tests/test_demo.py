@@ -6,13 +6,16 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 import pandas as pd
 import pyarrow.dataset as ds
 
-from data_puller_dagster.demo import MARKET_DATA, run_demo
+from data_puller_dagster.demo import MARKET_DATA, SNIPPETS_BEGIN, SNIPPETS_END, run_demo, summarize
 
 FIX = Path(__file__).parent / "fixtures"
 
@@ -25,6 +28,11 @@ def test_demo_writes_every_layer_matching_the_bundled_data(tmp_path, monkeypatch
     summary = run_demo(tmp_path / "demo", out=out)
     text = out.getvalue()
     assert "demo finished" in text and "dagster dev" in text
+    # One line per run plus the summary; Dagster's event log goes to a file whose path is printed.
+    assert "DEBUG" not in text and "STEP_START" not in text
+    assert len(text.splitlines()) < summary["runs"] + len(summary["tables"]) + 60
+    log = Path(summary["log"])
+    assert str(log) in text and "STEP_START" in log.read_text()
 
     tables = summary["tables"]
     for feed in ("crypto", "crypto_minute", "forex", "equity"):
@@ -71,3 +79,41 @@ def test_demo_writes_every_layer_matching_the_bundled_data(tmp_path, monkeypatch
     assert first["symbol"] == "BTCUSDT" and first["timeframe"] == "1h"
     assert len(first["context"]) == 24 and "next_close" in first["target"]
     assert os.path.isdir(home / "dagster_home")
+
+    # Every split of every demo dataset has examples (the embargo is shorter than each split).
+    for feed in ("crypto", "forex", "equity"):
+        man = json.loads((home / "datasets" / feed / f"llm_{'1d' if feed == 'equity' else '1h'}"
+                          / "manifest.json").read_text())
+        assert set(man["files"]) == {"train", "validation", "test"}, feed
+        assert all(f["rows"] > 0 for f in man["files"].values()), (feed, man["files"])
+
+    # The analyst snippets printed in the summary run as printed on the demo's output.
+    snippet = text[text.index(SNIPPETS_BEGIN):text.index(SNIPPETS_END)]
+    proc = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    printed = proc.stdout.splitlines()
+    assert "EUR/USD" in proc.stdout and '"symbol": "BTCUSDT"' in proc.stdout.replace('":"', '": "')
+    assert int(printed[-4]) > 0 and int(printed[-3]) > 0
+
+    # The UI on the demo launches nothing by itself: schedules and every sensor are stopped.
+    from data_puller_dagster.config import load_config
+    from data_puller_dagster.definitions import build_definitions
+
+    cfg = load_config()
+    defs = build_definitions(cfg)
+    repo = defs.get_repository_def()
+    assert repo.sensor_defs and all(
+        s.default_status == dg.DefaultSensorStatus.STOPPED for s in repo.sensor_defs)
+    assert all(s.default_status == dg.DefaultScheduleStatus.STOPPED for s in repo.schedule_defs)
+
+    # The summary is the latest state: more materializations of the same days (what the gap filler
+    # or a second `make demo` does) leave it unchanged.
+    instance = dg.DagsterInstance.get()
+    job = defs.resolve_job_def("crypto_pipeline")
+    for a, b in (("2021-04-01", "2021-04-30"), ("2021-04-10", "2021-04-12")):
+        assert job.execute_in_process(instance=instance, tags={
+            "dagster/asset_partition_range_start": f"{a}|BTCUSDT",
+            "dagster/asset_partition_range_end": f"{b}|BTCUSDT"}).success
+    again = summarize(cfg, instance)
+    assert again["tables"] == summary["tables"]
+    assert again["feeds"] == summary["feeds"]
