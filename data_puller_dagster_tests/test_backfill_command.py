@@ -31,6 +31,7 @@ dagster-graphql -m data_puller_dagster.definitions -v "$VARS" -t 'mutation($p: L
 
 
 def test_readme_backfill_command_submits_one_symbols_year_as_ranged_runs(tmp_path):
+    assert README_COMMAND.strip() in (REPO / "README.md").read_text()  # the test runs what the README says
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
