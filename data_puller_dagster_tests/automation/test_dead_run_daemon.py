@@ -73,6 +73,8 @@ def _config(tmp_path: Path, binance_url: str, start: date) -> dict[str, Any]:
                 "enrich_timeframes": [],
                 "symbols": [SYMBOL],
                 "start_date": start.isoformat(),
+                # Pinned, so the sensor's window does not grow by a day if the test crosses UTC midnight.
+                "end_date": (start + timedelta(days=1)).isoformat(),
             }
         ],
         "dataset": {"enabled": False},
