@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-MODULES = ["pull", "normalize", "enrich", "storage", "dataset", "e2e", "orchestration"]
+MODULES = ["pull", "normalize", "enrich", "storage", "dataset", "e2e", "orchestration", "cli", "daemon", "freqtrade"]
 RESULTS = Path(__file__).parent / "results"
 
 

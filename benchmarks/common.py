@@ -59,10 +59,10 @@ def base_config(data_dir: Path, *, feed: dict[str, Any] | None = None, **top: An
     return parse_config(raw, env={})
 
 
-def klines(periods: int, symbol_seed: int = 0) -> pd.DataFrame:
+def klines(periods: int, symbol_seed: int = 0, start: str = START) -> pd.DataFrame:
     from data_puller_dagster_tests.fakes.binance import generate_klines
 
-    return generate_klines(START, periods, "1m", seed=symbol_seed)
+    return generate_klines(start, periods, "1m", seed=symbol_seed)
 
 
 def raw_frame(periods: int) -> pd.DataFrame:
@@ -81,11 +81,13 @@ def normalized_frame(periods: int) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------ fake providers in another process
-def _serve(kind: str, symbols: list[str], periods: int, root: str | None, q: Any, stop: Any) -> None:
+def _serve(kind: str, symbols: list[str], periods: int, root: str | None, q: Any, stop: Any,
+           latency: float = 0.0, start: str = START) -> None:
     from data_puller_dagster_tests.fakes.binance import FakeArchive, FakeBinance
 
     if kind == "rest":
-        fake = FakeBinance({(s, "1m"): klines(periods, i) for i, s in enumerate(symbols)} if periods else {})
+        fake = FakeBinance({(s, "1m"): klines(periods, i, start) for i, s in enumerate(symbols)} if periods else {},
+                           latency=latency)
     else:
         fake = FakeArchive(Path(root or "."))
     with fake:
@@ -94,12 +96,14 @@ def _serve(kind: str, symbols: list[str], periods: int, root: str | None, q: Any
 
 
 @contextmanager
-def served(kind: str, symbols: list[str], periods: int = YEAR_1M, root: Path | None = None) -> Iterator[str]:
+def served(kind: str, symbols: list[str], periods: int = YEAR_1M, root: Path | None = None,
+           latency: float = 0.0, start: str = START) -> Iterator[str]:
     """A FakeBinance (kind="rest") or FakeArchive (kind="archive") in a child process, so the server's
     Python work does not share the benchmark's GIL; yields its URL."""
     ctx = mp.get_context("fork")
     q, stop = ctx.Queue(), ctx.Event()
-    p = ctx.Process(target=_serve, args=(kind, symbols, periods, str(root) if root else None, q, stop), daemon=True)
+    p = ctx.Process(target=_serve, args=(kind, symbols, periods, str(root) if root else None, q, stop, latency, start),
+                    daemon=True)
     p.start()
     try:
         yield q.get(timeout=60)

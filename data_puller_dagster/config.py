@@ -471,6 +471,12 @@ class RunsConfig(_Model):
     )
     retry_max: int = Field(3, ge=0, le=10)
     retry_delay_seconds: float = Field(30, ge=0)
+    executor: Literal["in_process", "multiprocess"] = Field(
+        "in_process",
+        description="in_process: a run's steps run one after another in the run's own process (no process "
+        "start-up and re-import per step). multiprocess: one process per step (Dagster's default; "
+        "independent steps such as several derived timeframes run in parallel).",
+    )
 
 
 class ValidationConfig(_Model):

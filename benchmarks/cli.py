@@ -1,0 +1,149 @@
+"""The user's path: the commands users run, as subprocesses, on the shipped embedded instance.
+
+Each case writes a `data_puller.yaml` (one crypto feed, Parquet + DuckDB routes, `runs.backfill_policy:
+single_run`) and a DAGSTER_HOME holding the repository's own `dagster.yaml` (SQLite storage), starts the
+fake Binance REST server in another process (`latency` seconds per request), runs the command and reports
+wall time, CPU (user + sys of the whole process tree, from the kernel's accounting of waited-for children)
+and peak RSS of the process tree (sum over the tree, sampled every 20 ms from /proc).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks.common import START, row, served
+
+REPO = Path(__file__).resolve().parent.parent
+DAYS = 366  # 2024 is a leap year: 527,040 candles
+LAYERS_3 = "crypto/raw_ohlcv_1m,crypto/normalized_ohlcv_1m,crypto/quarantine_ohlcv_1m"
+
+
+def _tree(pid: int) -> list[int]:
+    """pid and all its descendants (from /proc/<pid>/task/*/children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                kids = Path(f"/proc/{p}/task/{task}/children").read_text().split()
+                todo.extend(int(k) for k in kids)
+        except OSError:
+            continue
+    return out
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def measure(cmd: list[str], env: dict[str, str], cwd: Path) -> dict[str, Any]:
+    """Run cmd; wall seconds, CPU seconds of the tree, peak summed RSS (MiB), exit code, output tail."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], sum(_rss_kib(p) for p in _tree(proc.pid)))
+            done.wait(0.02)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    out, _ = proc.communicate()
+    wall = time.perf_counter() - t0
+    done.set()
+    th.join()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall": wall, "cpu": cpu, "rss_mb": peak[0] / 1024, "rc": proc.returncode, "out": out}
+
+
+def workspace(tmp: Path, url: str, *, symbols: list[str], layers: str = "all") -> dict[str, str]:
+    """data_puller.yaml + DAGSTER_HOME (the shipped dagster.yaml) under tmp; the environment to run in."""
+    feed: dict[str, Any] = {
+        "name": "crypto", "source": "binance", "asset_class": "crypto", "timeframe": "1m",
+        "symbols": symbols, "start_date": START, "end_date": "2024-12-31",
+    }  # fmt: skip
+    if layers == "all":
+        feed.update(derived_timeframes=["1h", "4h", "1d"], enrich_timeframes=["1h", "4h", "1d"],
+                    dataset_timeframe="1h")  # fmt: skip
+    cfg = {
+        "version": 1,
+        "storage": {"data_dir": str(tmp / "data"), "primary": "parquet"},
+        "sources": {"binance": {"base_url": url, "use_archive": False}},
+        "feeds": [feed],
+        "dataset": {"min_quality": 0.0},
+        "routes": [{"id": "warehouse", "destinations": ["parquet", "duckdb"]}],
+        "runs": {"backfill_policy": "single_run"},
+    }
+    (tmp / "data_puller.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    home = tmp / "dagster_home"
+    home.mkdir(exist_ok=True)
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "DATA_PULLER_"))}
+    env.update(DAGSTER_HOME=str(home), DATA_PULLER_CONFIG=str(tmp / "data_puller.yaml"), PYTHONUNBUFFERED="1")
+    return env
+
+
+def dagster_bin() -> str:
+    return str(Path(sys.executable).with_name("dagster"))
+
+
+def _materialize(latency: float, days: int, label: str) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-cli-"))
+    try:
+        with served("rest", ["BTCUSDT"], DAYS * 1440, latency=latency) as url:
+            env = workspace(tmp, url, symbols=["BTCUSDT"], layers="base")
+            last = (date.fromisoformat(START) + timedelta(days=days - 1)).isoformat()
+            cmd = [dagster_bin(), "asset", "materialize", "-m", "data_puller_dagster.definitions",
+                   "--select", LAYERS_3, "--partition-range", f"{START}|BTCUSDT...{last}|BTCUSDT"]  # fmt: skip
+            m = measure(cmd, env, tmp)
+        if m["rc"] != 0:
+            raise RuntimeError(f"{label} failed (exit {m['rc']}):\n{m['out'][-3000:]}")
+        rows = _parquet_rows(tmp / "data" / "parquet")
+        return row(label, rows, m["wall"], cpu_s=m["cpu"], peak_rss_mb=m["rss_mb"],
+                   note=f"CPU {m['cpu']:.1f} s, tree RSS {m['rss_mb']:.0f} MiB")  # fmt: skip
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _parquet_rows(root: Path) -> int:
+    import duckdb
+
+    files = [str(p) for p in root.rglob("*.parquet") if "normalized" in str(p)]
+    if not files:
+        return 0
+    return duckdb.execute("select count(*) from read_parquet(?)", [files]).fetchall()[0][0]
+
+
+def raw_normalized(quick: bool) -> list[dict]:
+    days = 31 if quick else DAYS
+    out = [_materialize(0.05, days, f"CLI asset materialize raw+normalized, {days} days 1m, 50 ms latency")]
+    out[-1]["target"] = "wall <= freqtrade, CPU <= 2x, RSS < 600 MB"
+    out.append(_materialize(0.0, days, f"CLI asset materialize raw+normalized, {days} days 1m, 0 ms latency"))
+    out[-1]["target"] = "< 15 s"
+    return out
+
+
+CASES = {"raw_normalized": raw_normalized}
