@@ -44,8 +44,9 @@ def warn_missing_credentials(cfg: AppConfig) -> None:
 
 # Why in_process is the default: a candle run is a chain of steps (raw -> normalized -> derived -> enriched)
 # that mostly wait for each other, and on the multiprocess executor each step pays a process start and a
-# re-import of this code location (~1.5-2.5 s) - most of a daily single-partition run.
-EXECUTORS = {"in_process": dg.in_process_executor, "multiprocess": dg.multiprocess_executor}
+# re-import of this code location (~1.5-2.5 s) - most of a daily single-partition run. "multiprocess" is
+# Dagster's own default executor, whose run config can still pick `execution: config: in_process: {}`.
+EXECUTORS = {"in_process": dg.in_process_executor, "multiprocess": dg.multi_or_in_process_executor}
 
 
 def build_definitions(cfg: AppConfig) -> dg.Definitions:

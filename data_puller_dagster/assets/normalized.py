@@ -19,11 +19,19 @@ from data_puller_dagster.assets.metadata import sample_rows
 from data_puller_dagster.assets.naming import asset_key
 from data_puller_dagster.assets.normalized_metadata import (
     MISSING_BY_DAY,
+    WindowGrid,
     missing_table,
     partition_figures,
     partition_metadata,
+    window_grid,
 )
-from data_puller_dagster.assets.partition_metadata import add_partition_metadata, partition_groups, sig
+from data_puller_dagster.assets.partition_metadata import (
+    add_partition_metadata,
+    partition_groups,
+    partition_layout,
+    sig,
+    symbol_index,
+)
 from data_puller_dagster.assets.partitions import (
     backfill_policy,
     context_window,
@@ -32,7 +40,7 @@ from data_puller_dagster.assets.partitions import (
 from data_puller_dagster.config import AppConfig, FeedConfig
 from data_puller_dagster.io.tables import PartialOutput, PartitionSlice
 from data_puller_dagster.transform.acceptance import drop_rejected, judge_days
-from data_puller_dagster.transform.gaps import find_gaps
+from data_puller_dagster.transform.gaps import segments_of
 from data_puller_dagster.transform.normalize import normalize
 from data_puller_dagster.transform.quality import data_quality_score
 from data_puller_dagster.transform.schemas import validate_normalized
@@ -140,7 +148,10 @@ def build_normalized_assets(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefini
         storable = summary.ok and outside.empty and len(keep) < len(window.keys) * window.days
         schema_ok = summary.ok and outside.empty and rejections.empty
 
-        per_symbol = _completeness(feed, window, data, now)
+        # The data's partitions and the calendar grid of the window, computed once for every figure below.
+        data_groups = partition_groups(data, window)
+        grid = window_grid(feed, window, data_groups.layout, now)
+        per_symbol = _completeness(feed, window, data, now, grid)
         missing = sum(s["missing"] for s in per_symbol.values())
         segments = sum(s["segments"] for s in per_symbol.values())
         expected = sum(s["expected"] for s in per_symbol.values())
@@ -150,8 +161,9 @@ def build_normalized_assets(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefini
         # Each partition's own figures go to that partition's materialization; the Output (copied onto
         # every partition by Dagster) keeps only what is about the run as a whole.
         figures = partition_figures(
-            feed, window, data=data, raw=raw, quarantine=quarantine, rejections=rejections, now=now
-        )
+            feed, window, data=data, raw=raw, quarantine=quarantine, rejections=rejections, now=now,
+            groups=data_groups, grid=grid,
+        )  # fmt: skip
         run_report = _scalar_metadata(report.as_metadata())
         context.log.info(
             f"normalized {feed.name} {tf} {window.describe()}: run totals quality_score={sig(score)}, "
@@ -163,7 +175,7 @@ def build_normalized_assets(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefini
         if storable:
             value = PartialOutput(data, keep) if keep else data
             add_partition_metadata(
-                context, norm_key, partition_groups(data, window), lambda k, _rows: partition_metadata(figures[k])
+                context, norm_key, data_groups, lambda k, _rows: partition_metadata(figures[k])
             )
             md: dict[str, Any] = {}
             if keep:
@@ -251,37 +263,50 @@ def build_normalized_assets(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefini
 
 
 def _completeness(
-    feed: FeedConfig, window: PartitionSlice, data: pd.DataFrame, now: pd.Timestamp
+    feed: FeedConfig, window: PartitionSlice, data: pd.DataFrame, now: pd.Timestamp, grid: WindowGrid | None = None
 ) -> dict[str, dict[str, Any]]:
     """Gaps and freshness per symbol against the market calendar, over candles that have closed by now.
 
-    A symbol is stale when the calendar expected a candle after the last final one present.
+    A symbol is stale when the calendar expected a candle after the last final one present. The gaps are
+    those `find_gaps` reports over the window; they are read off the window's grid (`window_grid`, reused
+    when given), which the per-partition figures share.
     """
     end = min(pd.Timestamp(window.end_ts), now.floor(timeframes.pandas_freq(feed.timeframe)))
     start = pd.Timestamp(window.start_ts)
-    final = data.loc[data["is_final"].astype(bool), ["symbol", "ts"]]
+    is_final = data["is_final"].astype(bool).to_numpy()
+    displays = [feed.symbol_keys[key] for key in window.keys]
+    # String columns: every symbol's rows from one pass (symbol_index compares as `==` does).
+    index = symbol_index(data["symbol"], displays) if isinstance(data["symbol"].dtype, pd.StringDtype) else None
+    if grid is None and end > start:
+        grid = window_grid(feed, window, partition_layout(data, window), now)
     out: dict[str, dict[str, Any]] = {}
-    for key in window.keys:
-        present = final.loc[final["symbol"] == feed.symbol_keys[key], "ts"]
+    for i, key in enumerate(window.keys):
+        if index is not None:
+            of_symbol = index == i
+        else:
+            of_symbol = (data["symbol"] == displays[i]).to_numpy(dtype=bool, na_value=False)
+        present = data["ts"][is_final & of_symbol]
         last_present = present.max() if len(present) else None
-        if end <= start:
+        if end <= start or grid is None:
             out[key] = {"missing": 0, "segments": 0, "expected": 0, "present": 0, "by_day": {},
                         "segment_list": [], "last": None, "stale": None}
             continue
-        gaps = find_gaps(present, feed.asset_class, feed.timeframe, start, end)
-        last_missing = gaps.missing_index.max() if len(gaps.missing_index) else None
+        mask = grid.present[key]
+        missing_index = grid.grid[~mask]
+        segments = segments_of(missing_index, grid.grid, feed.timeframe)
+        last_missing = missing_index.max() if len(missing_index) else None
         stale = None
         if last_missing is not None and (last_present is None or last_missing > last_present):
             stale = {"last_expected": str(last_missing), "last_present": str(last_present)}
         out[key] = {
-            "missing": int(gaps.missing),
-            "segments": len(gaps.segments),
-            "expected": int(gaps.expected),
-            "present": int(gaps.present),
-            "by_day": missing_by_day(gaps.missing_index, key),
+            "missing": int(len(grid.grid) - int(mask.sum())),
+            "segments": len(segments),
+            "expected": len(grid.grid),
+            "present": int(mask.sum()),
+            "by_day": missing_by_day(missing_index, key),
             "segment_list": [
                 {"start": str(r.start), "end": str(r.end), "missing": int(r.missing)}
-                for r in gaps.segments.itertuples()
+                for r in segments.itertuples()
             ],
             "last": str(last_present) if last_present is not None else None,
             "stale": stale,

@@ -65,7 +65,8 @@ def _setup(tmp_path: Path, binance_url: str) -> tuple[dict[str, str], Path, Path
                     }
                 ],
                 "dataset": {"enabled": False},
-                "runs": {"retry_max": 2, "retry_delay_seconds": 0.2},
+                # multiprocess: every step attempt, retries included, runs in a new process
+                "runs": {"retry_max": 2, "retry_delay_seconds": 0.2, "executor": "multiprocess"},
             }
         )
     )
@@ -77,8 +78,8 @@ def _setup(tmp_path: Path, binance_url: str) -> tuple[dict[str, str], Path, Path
 
 
 def _materialize(env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
-    """`dagster asset materialize` of the raw asset for PARTITION (default multiprocess executor: every
-    step attempt, retries included, runs in a new process)."""
+    """`dagster asset materialize` of the raw asset for PARTITION (runs.executor multiprocess: every step
+    attempt, retries included, runs in a new process, unless `--config-json` selects in_process)."""
     return subprocess.run(
         [str(DAGSTER), "asset", "materialize", "-m", "data_puller_dagster.definitions",
          "--select", "crypto/raw_ohlcv_1h", "--partition", PARTITION, *extra],
