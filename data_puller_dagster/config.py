@@ -494,6 +494,12 @@ class ValidationConfig(_Model):
 class ScheduleConfig(_Model):
     enabled: bool = True
     minutes_after_midnight: int = Field(15, ge=0, lt=24 * 60, description="UTC offset of the daily run.")
+    run_per: Literal["feed", "symbol"] = Field(
+        "feed",
+        description="feed: one run per feed for yesterday, all its symbols (one process, one fetch of all "
+        "symbols, one batch of events). symbol: one run per symbol (a symbol's failure leaves the others' "
+        "runs alone; the gap sensor refetches failed days either way).",
+    )
 
 
 class GapSensorConfig(_Model):
