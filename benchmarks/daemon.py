@@ -59,6 +59,14 @@ def daily_update(quick: bool) -> list[dict]:
         with served("rest", symbols, 4 * 1440 + 60, latency=0.05, start=start) as url:
             env = _config(tmp, url, symbols, fire_at)
             home = Path(env["DAGSTER_HOME"])
+            yesterday = (fire_at.date() - timedelta(days=1)).isoformat()
+            wanted = {f"{yesterday}|{s}" for s in symbols}
+
+            def done(instance: dg.DagsterInstance) -> bool:
+                """Every symbol's yesterday is materialized in the last layer (enriched 1d)."""
+                key = dg.AssetKey(["crypto", "enriched_ohlcv_1d"])
+                return wanted <= set(instance.get_materialized_partitions(key))
+
             log = (tmp / "daemon.log").open("w")
             with dg.DagsterInstance.from_config(str(home)) as instance:
                 daemon = subprocess.Popen(
@@ -82,7 +90,7 @@ def daily_update(quick: bool) -> list[dict]:
                         if daemon.poll() is not None:
                             raise RuntimeError(f"daemon exited:\n{(tmp / 'daemon.log').read_text()[-3000:]}")
                         runs = instance.get_runs(dg.RunsFilter(tags={"data_puller/trigger": "schedule"}))
-                        if len(runs) == len(symbols) and all(r.is_finished for r in runs):
+                        if runs and all(r.is_finished for r in runs) and done(instance):
                             break
                         time.sleep(0.5)
                     else:
