@@ -9,6 +9,7 @@ and peak RSS of the process tree (sum over the tree, sampled every 20 ms from /p
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import shutil
@@ -174,4 +175,38 @@ def raw_normalized(quick: bool) -> list[dict]:
     return out + fast
 
 
-CASES = {"raw_normalized": raw_normalized}
+ALL_PARTITIONED = ",".join(f"crypto/{a}" for a in (
+    "raw_ohlcv_1m", "normalized_ohlcv_1m", "quarantine_ohlcv_1m", "ohlcv_1h", "ohlcv_4h", "ohlcv_1d",
+    "enriched_ohlcv_1h", "enriched_ohlcv_4h", "enriched_ohlcv_1d", "llm_dataset_1h"))  # fmt: skip
+
+
+def all_layers(quick: bool) -> list[dict]:
+    """Every layer of the year through the CLI: the partitioned assets as one range run, then the JSONL
+    dataset files (an unpartitioned asset) - two `dagster asset materialize` commands, timed together."""
+    days = 31 if quick else DAYS
+    last = (date.fromisoformat(START) + timedelta(days=days - 1)).isoformat()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-cli-all-"))
+    try:
+        with served("rest", ["BTCUSDT"], DAYS * 1440, latency=0.05) as url:
+            env = workspace(tmp, url, symbols=["BTCUSDT"], layers="all")
+            base = [dagster_bin(), "asset", "materialize", "-m", "data_puller_dagster.definitions", "--select"]
+            first = measure([*base, ALL_PARTITIONED, "--partition-range", f"{START}|BTCUSDT...{last}|BTCUSDT"],
+                            env, tmp)  # fmt: skip
+            if first["rc"] != 0:
+                raise RuntimeError(f"all layers failed (exit {first['rc']}):\n{first['out'][-3000:]}")
+            second = measure([*base, "crypto/llm_dataset_1h_files"], env, tmp)
+            if second["rc"] != 0:
+                raise RuntimeError(f"dataset files failed (exit {second['rc']}):\n{second['out'][-3000:]}")
+        manifest = next((tmp / "data" / "datasets").rglob("manifest.json"))
+        examples = sum(json.loads(manifest.read_text()).get("rows", {}).values())
+        wall, cpu = first["wall"] + second["wall"], first["cpu"] + second["cpu"]
+        rss = max(first["rss_mb"], second["rss_mb"])
+        return [row(f"CLI every layer (raw..enriched 1h/4h/1d, LLM dataset + files), {days} days 1m, 50 ms",
+                    days * 1440, wall, cpu_s=cpu, peak_rss_mb=rss, target="< 60 s",
+                    note=f"range run {first['wall']:.1f} s + files {second['wall']:.1f} s; CPU {cpu:.1f} s; "
+                         f"{examples:,} examples")]  # fmt: skip
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+CASES = {"raw_normalized": raw_normalized, "all_layers": all_layers}
