@@ -16,7 +16,7 @@ import pandas as pd
 from data_puller_dagster.config import AppConfig, RouteConfig, RowFilter
 from data_puller_dagster.io.destinations.base import Destination
 from data_puller_dagster.io.errors import DestinationWriteError, RoutingError, StorageError
-from data_puller_dagster.io.frames import check_frame
+from data_puller_dagster.io.frames import CheckedFrame, check_frame
 from data_puller_dagster.io.tables import PartitionSlice, TableRef
 
 log = logging.getLogger(__name__)
@@ -157,6 +157,10 @@ class Router:
         """Write the slice to every route's destinations (after its symbol match and row filter)."""
         df = check_frame(table, df, part)  # fail once, early, for contract errors (never a warning)
         summary = WriteSummary(table, part, len(df))
+        # Every destination gets the checked frame (or a row subset of it for a route's symbols and
+        # filter, still valid for its slice): inside `active()` the destinations skip checking it again
+        # and share one pandas -> Arrow conversion per distinct frame.
+        checked: dict[tuple[int, PartitionSlice], CheckedFrame] = {}
         for route in self.routes_for(table):
             sub_part = part.restrict(route.match.symbol) if route.match.symbol is not None else part
             if sub_part is None:
@@ -171,15 +175,19 @@ class Router:
             except StorageError as e:
                 self._fail_or_warn(summary, route, "*", where, e)
                 continue
+            frame = checked.setdefault((id(sub), sub_part), CheckedFrame(table, sub, sub_part))
             for name in route.destinations:
                 try:
-                    md = self.destination(name).write(table, sub, sub_part)
+                    with frame.active():
+                        md = self.destination(name).write(table, sub, sub_part)
                 except Exception as e:  # noqa: BLE001 - policy decides; fail re-raises below
                     self._fail_or_warn(summary, route, name, where, e)
                     continue
                 summary.results.append(
                     DestinationResult(route.id, name, True, int(md.get("rows", len(sub))), md)
                 )
+            if sub is not df:  # a route's own subset: no later route gets this very frame
+                del checked[(id(sub), sub_part)]
         return summary
 
     def _fail_or_warn(

@@ -31,6 +31,7 @@ from data_puller_dagster.io.frames import (
     partition_of_rows,
     restore_dtypes,
     sql_type,
+    to_arrow,
 )
 from data_puller_dagster.io.tables import PartitionSlice, TableRef
 
@@ -88,7 +89,7 @@ class DuckDBDestination:
     def write(self, table: TableRef, df: pd.DataFrame, part: PartitionSlice) -> dict[str, Any]:
         df = check_frame(table, df, part)
         dtypes = dtype_map(df)
-        arrow = pa.Table.from_pandas(df, preserve_index=False)
+        arrow = to_arrow(df)  # shared with the other destinations of a routed write
         has_pdate = table.layer in NAT_LAYERS
         if has_pdate:
             _, days = partition_of_rows(df, part)
@@ -99,16 +100,21 @@ class DuckDBDestination:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
         def work(con: duckdb.DuckDBPyConnection) -> None:
+            # The whole slice (every day of a range run) in one transaction: one DELETE of the range,
+            # one INSERT of all its rows straight from Arrow.
             con.execute("BEGIN TRANSACTION")
             try:
                 self._ensure_table(con, table, columns, dtypes)
                 where, params = _slice_condition(part, has_pdate)
                 con.execute(f"DELETE FROM {q(table.feed)}.{q(table.name)} WHERE {where}", params)  # noqa: S608 - quoted identifiers, values are parameters
-                con.register("__frame", arrow)
-                cols = ", ".join(q(c) for c in columns)
-                insert = f"INSERT INTO {q(table.feed)}.{q(table.name)} ({cols}) SELECT {cols} FROM __frame"  # noqa: S608
-                con.execute(insert)
-                con.unregister("__frame")
+                if arrow.num_rows:  # an empty slice (no quarantined rows, say) only clears the range
+                    con.register("__frame", arrow)
+                    cols = ", ".join(q(c) for c in columns)
+                    insert = (
+                        f"INSERT INTO {q(table.feed)}.{q(table.name)} ({cols}) SELECT {cols} FROM __frame"  # noqa: S608
+                    )
+                    con.execute(insert)
+                    con.unregister("__frame")
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
@@ -179,7 +185,7 @@ class DuckDBDestination:
             return pd.DataFrame()
         if arrow is None or arrow.num_rows == 0:
             return empty_frame(dtypes)
-        return restore_dtypes(arrow_to_pandas(arrow), dtypes)
+        return restore_dtypes(arrow_to_pandas(arrow, dtypes), dtypes)
 
 
 def _slice_condition(part: PartitionSlice, has_pdate: bool) -> tuple[str, list[Any]]:

@@ -20,10 +20,12 @@ import io
 import json
 import os
 import re
+from collections.abc import Callable, Collection
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -37,8 +39,9 @@ from data_puller_dagster.io.frames import (
     dtype_kind,
     dtype_map,
     empty_frame,
-    partition_indices,
+    partition_ranges,
     restore_dtypes,
+    to_arrow,
 )
 from data_puller_dagster.io.tables import PartitionSlice, TableRef
 
@@ -69,37 +72,39 @@ class _FileDestination:
     def partition_file(self, table: TableRef, key: str, day: date) -> Path:
         return self.table_dir(table) / key / f"{day.isoformat()}{self.suffix}"
 
-    def _encode(self, table: TableRef, chunk: pd.DataFrame) -> bytes:
+    def _encoder(
+        self, table: TableRef, df: pd.DataFrame, order: np.ndarray | None
+    ) -> Callable[[int, int], bytes]:
+        """A function encoding rows [start, stop) of `df` (reordered by `order`, when given, so that
+        each partition's rows are contiguous) as the bytes of one day file."""
         raise NotImplementedError
 
     def write(self, table: TableRef, df: pd.DataFrame, part: PartitionSlice) -> dict[str, Any]:
         df = check_frame(table, df, part)
         self._check_dtypes(table, df)
-        groups = partition_indices(df, part)
+        order, ranges = partition_ranges(df, part)
+        encode = self._encoder(table, df, order)
         token = staging_token()
         # One symbol directory holds all its days: sweep each directory of the slice once, not per day.
         swept = sum(sweep_local(self.table_dir(table) / key, self._is_day_stem) for key in part.keys)
         staged: list[tuple[Path, Path]] = []
         try:
-            for (key, day), idx in groups.items():
+            for key, day, start, stop in ranges:
                 final = self.partition_file(table, key, day)
                 final.parent.mkdir(parents=True, exist_ok=True)
                 tmp = final.with_name(f".{final.name}.{token}.tmp")
                 staged.append((tmp, final))  # before writing: a half-written temp file is removed too
-                tmp.write_bytes(self._encode(table, df.iloc[idx]))
+                tmp.write_bytes(encode(start, stop))
         except BaseException:
             for tmp, _ in staged:
                 tmp.unlink(missing_ok=True)
             raise
         for tmp, final in staged:
             os.replace(tmp, final)
-        emptied = 0
-        for key in part.keys:
-            for day in part.dates:
-                f = self.partition_file(table, key, day)
-                if (key, day) not in groups and f.exists():
-                    f.unlink()
-                    emptied += 1
+        emptied = 0  # listed after the moves (one listing per symbol), not checked day by day
+        for f in self._files(table, part, skip={(key, day) for key, day, _, _ in ranges}):
+            f.unlink(missing_ok=True)
+            emptied += 1
         return {
             "rows": len(df),
             "files": len(staged),
@@ -129,13 +134,24 @@ class _FileDestination:
         tmp.write_text(json.dumps(new))
         os.replace(tmp, path)
 
-    def _files(self, table: TableRef, part: PartitionSlice) -> list[Path]:
-        return [
-            f
-            for key in part.keys
-            for day in part.dates
-            if (f := self.partition_file(table, key, day)).exists()
-        ]
+    def _files(
+        self, table: TableRef, part: PartitionSlice, skip: Collection[tuple[str, date]] = ()
+    ) -> list[Path]:
+        """The slice's existing day files (but those of `skip`) in (symbol key, day) order, from one
+        listing per symbol directory rather than one existence check per day."""
+        files: list[Path] = []
+        for key in part.keys:
+            try:
+                with os.scandir(self.table_dir(table) / key) as entries:
+                    names = {e.name for e in entries if e.is_file()}
+            except FileNotFoundError:
+                continue
+            files.extend(
+                f
+                for day in part.dates
+                if (key, day) not in skip and (f := self.partition_file(table, key, day)).name in names
+            )
+        return files
 
     def _dtypes(self, table: TableRef) -> dict[str, str] | None:
         path = self.table_dir(table) / DTYPES_FILE
@@ -161,10 +177,19 @@ class CSVDestination(_FileDestination):
     name = "csv"
     suffix = ".csv"
 
-    def _encode(self, table: TableRef, chunk: pd.DataFrame) -> bytes:
-        buf = io.BytesIO()
-        pacsv.write_csv(pa.Table.from_pandas(chunk, preserve_index=False), buf)
-        return buf.getvalue()
+    def _encoder(
+        self, table: TableRef, df: pd.DataFrame, order: np.ndarray | None
+    ) -> Callable[[int, int], bytes]:
+        arrow = to_arrow(df)  # converted once (shared with the other destinations), sliced per day
+        if order is not None:
+            arrow = arrow.take(pa.array(order))
+
+        def encode(start: int, stop: int) -> bytes:
+            buf = io.BytesIO()
+            pacsv.write_csv(arrow.slice(start, stop - start), buf)
+            return buf.getvalue()
+
+        return encode
 
     def _decode(self, files: list[Path], dtypes: dict[str, str]) -> pd.DataFrame:
         opts = pacsv.ConvertOptions(
@@ -173,7 +198,7 @@ class CSVDestination(_FileDestination):
             quoted_strings_can_be_null=False,
         )
         arrow = pa.concat_tables(pacsv.read_csv(f, convert_options=opts) for f in files)
-        return arrow_to_pandas(arrow)
+        return arrow_to_pandas(arrow, dtypes)
 
 
 class JSONLDestination(_FileDestination):
@@ -182,17 +207,25 @@ class JSONLDestination(_FileDestination):
     name = "jsonl"
     suffix = ".jsonl"
 
-    def _encode(self, table: TableRef, chunk: pd.DataFrame) -> bytes:
-        if table.layer == "dataset":
-            if "line" not in chunk.columns:
-                raise StorageError(
-                    f"jsonl: dataset table {table.qualified} has no `line` column of serialized examples; "
-                    "the dataset asset must return one"
-                )
-            return ("\n".join(chunk["line"].astype(str).tolist()) + "\n").encode()
-        return chunk.to_json(
-            orient="records", lines=True, date_format="iso", date_unit="us", double_precision=15
-        ).encode()
+    def _encoder(
+        self, table: TableRef, df: pd.DataFrame, order: np.ndarray | None
+    ) -> Callable[[int, int], bytes]:
+        rows = df if order is None else df.take(order)
+
+        def encode(start: int, stop: int) -> bytes:
+            chunk = rows.iloc[start:stop]
+            if table.layer == "dataset":
+                if "line" not in chunk.columns:
+                    raise StorageError(
+                        f"jsonl: dataset table {table.qualified} has no `line` column of serialized examples; "
+                        "the dataset asset must return one"
+                    )
+                return ("\n".join(chunk["line"].astype(str).tolist()) + "\n").encode()
+            return chunk.to_json(
+                orient="records", lines=True, date_format="iso", date_unit="us", double_precision=15
+            ).encode()
+
+        return encode
 
     def read(self, table: TableRef, part: PartitionSlice) -> pd.DataFrame:
         if table.layer == "dataset":

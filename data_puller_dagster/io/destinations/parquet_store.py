@@ -21,7 +21,8 @@ slice; the table directory when it writes the schema) of stale temp files; see s
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Collection
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from datetime import date
 from pathlib import Path
@@ -42,9 +43,10 @@ from data_puller_dagster.io.frames import (
     drift_message,
     dtype_map,
     empty_frame,
-    partition_indices,
+    partition_ranges,
     redact_url,
     restore_dtypes,
+    to_arrow,
 )
 from data_puller_dagster.io.tables import PartitionSlice, TableRef
 
@@ -54,13 +56,30 @@ FILE_NAME = "part-0.parquet"
 SCHEMA_FILE = "_common_metadata"
 DTYPES_KEY = b"data_puller/dtypes"
 COMPRESSION = "zstd"
+# No dictionary pages. Why: a day file holds ~1,440 rows, so nearly every column (prices, volumes,
+# timestamps) is high-cardinality within it, and a dictionary per column chunk only adds work: without
+# it a year of 1m day files is ~20% smaller, ~25-30% cheaper to write and ~10-20% cheaper to read
+# (measured on raw and normalized frames), and zstd squeezes the few constant columns (symbol, source,
+# timeframe) just as well. Readers see the same values; files written before keep their dictionaries.
+USE_DICTIONARY = False
 WRITE_THREADS = 4  # day files encoded and written concurrently by one write
+
+
 def _is_partition_stem(stem: str) -> bool:
     return stem == FILE_NAME
 
 
 def _is_schema_stem(stem: str) -> bool:
     return stem == SCHEMA_FILE
+
+
+def _subdirs(directory: str) -> list[str]:
+    """Names of the directories directly in a local `directory` (none when it does not exist)."""
+    try:
+        with os.scandir(directory) as entries:
+            return [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return []
 
 
 def _filesystem(root: str) -> tuple[pafs.FileSystem, str]:
@@ -95,26 +114,35 @@ class ParquetDestination:
     # ------------------------------------------------------------------------------------- write
     def write(self, table: TableRef, df: pd.DataFrame, part: PartitionSlice) -> dict[str, Any]:
         df = check_frame(table, df, part)
-        arrow = pa.Table.from_pandas(df, preserve_index=False)
+        arrow = to_arrow(df)  # once for the whole frame (shared with the other destinations of a write)
         # Keep pandas' own metadata (pd.read_parquet restores Int64/string from it) and add ours.
         meta = {**(arrow.schema.metadata or {}), DTYPES_KEY: json.dumps(dtype_map(df)).encode()}
         arrow = arrow.replace_schema_metadata(meta)
         self._check_schema(table, arrow.schema)
 
-        groups = partition_indices(df, part)
+        order, ranges = partition_ranges(df, part)
+        if order is not None:  # rows not grouped by partition: gather them once, then slice
+            arrow = arrow.take(pa.array(order))
+        # One listing of the slice's existing partition directories, which sweeps them of stale temp
+        # files too: a day never written before needs no sweep, no existence check and no delete.
+        present, swept = self._scan_slice(table, part)
         token = staging_token()
         staged: list[tuple[str, str]] = []  # appended by stage() once its temp file is complete
-        swept: list[int] = []
 
-        def stage(key: str, day: date, idx: Any) -> None:
+        def stage(key: str, day: date, start: int, stop: int) -> None:
             final = self.partition_file(table, key, day)
             directory = final.rsplit("/", 1)[0]
             tmp = f"{directory}/.{FILE_NAME}.{token}.tmp"
-            self.fs.create_dir(directory, recursive=True)
-            swept.append(self._sweep(directory, _is_partition_stem))
-            chunk = arrow if len(groups) == 1 else arrow.take(pa.array(idx))
+            if (key, day) not in present:
+                self.fs.create_dir(directory, recursive=True)
             try:
-                pq.write_table(chunk, tmp, filesystem=self.fs, compression=COMPRESSION)
+                pq.write_table(
+                    arrow.slice(start, stop - start),
+                    tmp,
+                    filesystem=self.fs,
+                    compression=COMPRESSION,
+                    use_dictionary=USE_DICTIONARY,
+                )
             except BaseException:
                 self._delete_quietly(tmp)  # a half-written temp file is debris too
                 raise
@@ -122,15 +150,15 @@ class ParquetDestination:
 
         # Day files are small (1,440 rows of 1m), so a backfill is mostly per-file overhead: encode and
         # write them on a few threads (pyarrow releases the GIL). Every file is staged before any move.
-        workers = min(WRITE_THREADS, len(groups))
+        workers = min(WRITE_THREADS, len(ranges))
         try:
             if workers <= 1:
-                for (key, day), idx in groups.items():
-                    stage(key, day, idx)
+                for r in ranges:
+                    stage(*r)
             else:
                 ex = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="parquet-write")
                 try:
-                    futures = [ex.submit(stage, key, day, idx) for (key, day), idx in groups.items()]
+                    futures = [ex.submit(stage, *r) for r in ranges]
                     wait(futures, return_when=FIRST_EXCEPTION)
                 finally:
                     # Also when interrupted (a Dagster termination raises here): drop the queued files
@@ -145,22 +173,60 @@ class ParquetDestination:
             raise
         for tmp, final in staged:
             self.fs.move(tmp, final)
+        # Listed again after the moves, as a write that ends last must leave exactly its own rows in
+        # the slice even when another writer added a day meanwhile.
         emptied = 0
-        for key in part.keys:
-            for day in part.dates:
-                if (key, day) in groups:
-                    continue
-                final = self.partition_file(table, key, day)
-                swept.append(self._sweep(final.rsplit("/", 1)[0], _is_partition_stem))
-                if self._delete_quietly(final):
-                    emptied += 1
+        for path in self._slice_files(table, part, skip={(key, day) for key, day, _, _ in ranges}):
+            if self._delete_quietly(path):
+                emptied += 1
         return {
             "rows": len(df),
             "files": len(staged),
             "emptied_partitions": emptied,
-            "stale_temp_removed": sum(swept),
+            "stale_temp_removed": swept,
             "location": redact_url(f"{self.root.rstrip('/')}/{table.feed}/{table.name}"),
         }
+
+    def _scan_slice(self, table: TableRef, part: PartitionSlice) -> tuple[set[tuple[str, date]], int]:
+        """Sweep the slice's existing partition directories of stale temp files; return which
+        (symbol key, day) directories exist and how many temp files were removed.
+
+        Why one pass: a write of a year used to create, list and sweep 366 directories one by one, most
+        of them absent on a first backfill (on an object store each of those is a request). Locally: one
+        scandir of each symbol directory, then one of each existing day directory of the slice.
+        Elsewhere: one recursive listing per symbol directory.
+        """
+        days = {f"{DATE_DIR}={d.isoformat()}": d for d in part.dates}
+        present: set[tuple[str, date]] = set()
+        removed = 0
+        for key in part.keys:
+            symbol_dir = f"{self.table_dir(table)}/{SYMBOL_DIR}={key}"
+            if isinstance(self.fs, pafs.LocalFileSystem):
+                for name in _subdirs(symbol_dir):
+                    if name in days:
+                        present.add((key, days[name]))
+                        removed += sweep_local(Path(f"{symbol_dir}/{name}"), _is_partition_stem)
+                continue
+            prefix = symbol_dir.strip("/") + "/"
+            for info in self.fs.get_file_info(
+                pafs.FileSelector(symbol_dir, recursive=True, allow_not_found=True)
+            ):
+                rel = info.path.strip("/").removeprefix(prefix).split("/")
+                if rel[0] not in days:
+                    continue
+                present.add((key, days[rel[0]]))
+                mtime = info.mtime.timestamp() if info.mtime is not None else None
+                if (
+                    len(rel) == 2
+                    and info.type == pafs.FileType.File
+                    and is_stale_temp(rel[1], _is_partition_stem, mtime)
+                ):
+                    try:
+                        self.fs.delete_file(info.path)
+                    except FileNotFoundError:  # renamed by its writer or swept by another one meanwhile
+                        continue
+                    removed += 1
+        return present, removed
 
     def _check_schema(self, table: TableRef, schema: pa.Schema) -> None:
         """Stable column types across partitions: the first write fixes the table's schema."""
@@ -212,32 +278,56 @@ class ParquetDestination:
 
     # -------------------------------------------------------------------------------------- read
     def read(self, table: TableRef, part: PartitionSlice) -> pd.DataFrame:
-        """One dataset scan over the table, pruned to the slice's partitions by their directory names."""
+        """One multi-threaded dataset scan of the slice's existing day files (days without a file are
+        simply absent, so a slice without any reads as an empty frame with the table's dtypes)."""
         schema = self._read_schema(table)
         if schema is None:
             return pd.DataFrame()
         dtypes = _dtypes_of(schema)
-        columns = list(dtypes)
-        partitioning = ds.partitioning(
-            pa.schema([(SYMBOL_DIR, pa.string()), (DATE_DIR, pa.string())]), flavor="hive"
+        files = self._slice_files(table, part)
+        if not files:
+            return empty_frame(dtypes)
+        # The listed files and the table schema, given: no per-file existence check (a request each on
+        # an object store), schema inspection or unification across the 366 files of a year.
+        dataset = ds.FileSystemDataset.from_paths(
+            files, schema=schema, format=ds.ParquetFileFormat(), filesystem=self.fs
         )
-        full = pa.schema([*schema, pa.field(SYMBOL_DIR, pa.string()), pa.field(DATE_DIR, pa.string())])
-        dataset = ds.dataset(
-            self.table_dir(table),
-            filesystem=self.fs,
-            format="parquet",
-            partitioning=partitioning,
-            schema=full,
-        )
-        flt = (
-            ds.field(SYMBOL_DIR).isin(part.keys)
-            & (ds.field(DATE_DIR) >= part.start.isoformat())
-            & (ds.field(DATE_DIR) <= part.end.isoformat())
-        )
-        arrow = dataset.to_table(columns=columns, filter=flt)
+        arrow = dataset.to_table(columns=list(dtypes), use_threads=True)
         if arrow.num_rows == 0:
             return empty_frame(dtypes)
-        return restore_dtypes(arrow_to_pandas(arrow), dtypes)
+        return restore_dtypes(arrow_to_pandas(arrow, dtypes), dtypes)
+
+    def _slice_files(
+        self, table: TableRef, part: PartitionSlice, skip: Collection[tuple[str, date]] = ()
+    ) -> list[str]:
+        """The partition files of the slice that exist (but those of `skip`), in (symbol key, day)
+        order, found by listing only the slice's symbol directories (not the whole table, which may hold
+        years and symbols the slice does not touch). Locally one scandir per symbol directory and a stat
+        per existing day directory; elsewhere one recursive listing per symbol directory."""
+        files: list[str] = []
+        for key in part.keys:
+            days = {f"{DATE_DIR}={d.isoformat()}" for d in part.dates if (key, d) not in skip}
+            symbol_dir = f"{self.table_dir(table)}/{SYMBOL_DIR}={key}"
+            if isinstance(self.fs, pafs.LocalFileSystem):
+                for name in sorted(days.intersection(_subdirs(symbol_dir))):
+                    if os.path.isfile(path := f"{symbol_dir}/{name}/{FILE_NAME}"):
+                        files.append(path)
+                continue
+            prefix = symbol_dir.strip("/") + "/"
+            found = []
+            for info in self.fs.get_file_info(
+                pafs.FileSelector(symbol_dir, recursive=True, allow_not_found=True)
+            ):
+                rel = info.path.strip("/").removeprefix(prefix).split("/")
+                if (
+                    info.type == pafs.FileType.File
+                    and len(rel) == 2
+                    and rel[0] in days
+                    and rel[1] == FILE_NAME
+                ):
+                    found.append(info.path)
+            files.extend(sorted(found))
+        return files
 
 
 def _dtypes_of(schema: pa.Schema) -> dict[str, str]:

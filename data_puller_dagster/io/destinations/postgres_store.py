@@ -42,6 +42,7 @@ from data_puller_dagster.io.frames import (
     redact_url,
     restore_dtypes,
     sql_type,
+    to_arrow,
 )
 from data_puller_dagster.io.tables import PartitionSlice, TableRef
 from data_puller_dagster.symbols import check_name
@@ -113,7 +114,7 @@ class PostgresDestination:
         df = check_frame(table, df, part)
         dtypes = dtype_map(df)
         has_pdate = table.layer in NAT_LAYERS
-        arrow = pa.Table.from_pandas(df, preserve_index=False)
+        arrow = to_arrow(df)  # shared with the other destinations of a routed write
         if has_pdate:
             _, days = partition_of_rows(df, part)
             arrow = arrow.append_column(PARTITION_DATE_COLUMN, pa.array(days, type=pa.date32()))
@@ -280,7 +281,7 @@ class PostgresDestination:
             elif pg_types[c] == "timestamp without time zone":
                 i = arrow.schema.get_field_index(c)
                 arrow = arrow.set_column(i, c, pc.cast(arrow[c], pa.timestamp("us")))
-        return restore_dtypes(arrow_to_pandas(arrow), dtypes)
+        return restore_dtypes(arrow_to_pandas(arrow, dtypes), dtypes)
 
 
 class _CsvStream:

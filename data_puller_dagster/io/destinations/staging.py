@@ -139,8 +139,11 @@ def sweep_local(directory: Path, stem_ok: Callable[[str], bool]) -> int:
         return 0
     for entry in entries:
         try:
-            if not entry.is_file(follow_symlinks=False) or not is_stale_temp(
-                entry.name, stem_ok, entry.stat(follow_symlinks=False).st_mtime
+            # Only a temp-file name needs its mtime (a stat): other files are never stale.
+            if (
+                _TEMP_NAME.match(entry.name) is None
+                or not entry.is_file(follow_symlinks=False)
+                or not is_stale_temp(entry.name, stem_ok, entry.stat(follow_symlinks=False).st_mtime)
             ):
                 continue
             os.unlink(entry.path)
@@ -148,5 +151,3 @@ def sweep_local(directory: Path, stem_ok: Callable[[str], bool]) -> int:
             continue
         removed += 1
     return removed
-
-
