@@ -12,8 +12,9 @@ batch method stores the events one by one.
 What this class changes, and nothing else (same files, schema and layout as SqliteEventLogStorage, so an
 instance can switch between the two at any time):
 - `store_event_batch` writes a batch's asset events in one transaction per shard (executemany on the
-  run shard, one index transaction for the event rows, asset keys and tags); other events of a batch
-  (asset-check planned events) go through `store_event` as before.
+  run shard, one index transaction for the event rows, asset keys and tags), serializing each event
+  once and each asset's `asset_keys` row once per batch; other events of a batch (asset-check planned
+  events) go through `store_event` as before.
 - The instance enables Dagster's batching when this storage is created (DAGSTER_EVENT_BATCH_SIZE,
   `setdefault`, so an explicit value wins; 0 turns batching off).
 - Engines are created once per shard and process (NullPool: still a new SQLite connection per
@@ -38,11 +39,12 @@ from dagster import Field, StringSource
 from dagster._core.errors import DagsterInvariantViolationError
 from dagster._core.events import ASSET_EVENTS
 from dagster._core.events.log import EventLogEntry
-from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
+from dagster._core.storage.event_log.schema import AssetKeyTable, SqlEventLogStorageTable
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 from dagster._core.storage.sql import create_engine
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
 from dagster._serdes import ConfigurableClassData
+from sqlalchemy import exc as db_exc
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
@@ -125,32 +127,63 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
 
     # ------------------------------------------------------------------ batches
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
-        """Asset events of the batch in one transaction per shard; any other event one by one."""
+        """Asset events of the batch in one transaction per shard; any other event one by one.
+
+        Each event is serialized once (the stock path serializes it for the run shard, again for the
+        index shard and a third time for the asset's row), the index rows are inserted in one statement
+        returning their ids in order, and each asset's row in `asset_keys` is written once, with the
+        values the events would have left there one after another (see `_asset_entry_values`).
+        """
         asset = [e for e in events if e.is_dagster_event and e.dagster_event_type in ASSET_EVENTS
                  and e.get_dagster_event().asset_key]  # fmt: skip
         batched = {id(e) for e in asset}
         others = [e for e in events if id(e) not in batched]
-        by_run: dict[str, list[EventLogEntry]] = {}
-        for e in asset:
-            by_run.setdefault(e.run_id, []).append(e)
-        for run_id, evs in by_run.items():
+        rows = [self._event_to_row(e) for e in asset]
+        by_run: dict[str, list[dict[str, Any]]] = {}
+        for e, r in zip(asset, rows, strict=True):
+            by_run.setdefault(e.run_id, []).append(r)
+        for run_id, run_rows in by_run.items():
             with self.run_connection(run_id) as conn:
-                conn.execute(SqlEventLogStorageTable.insert(), [self._event_to_row(e) for e in evs])
+                conn.execute(SqlEventLogStorageTable.insert(), run_rows)
         if asset:
             # Mirrored in the cross-run index shard, as SqliteEventLogStorage.store_event does one at a time.
             with self.index_transaction() as conn:
-                ids: list[int] = []
-                for e in asset:
-                    result = conn.execute(self.prepare_insert_event(e))
-                    event_id = result.inserted_primary_key[0]
-                    if event_id is None:
-                        raise DagsterInvariantViolationError("Cannot store asset event tags for null event id.")
-                    ids.append(event_id)
+                insert = SqlEventLogStorageTable.insert().returning(
+                    SqlEventLogStorageTable.c.id, sort_by_parameter_order=True
+                )
+                ids = [r[0] for r in conn.execute(insert, rows)]
+                if len(ids) != len(asset) or any(i is None for i in ids):
+                    raise DagsterInvariantViolationError("Cannot store asset event tags for null event id.")
                 self._store_asset_event_tags(conn, asset, ids)
-                for e, event_id in zip(asset, ids, strict=True):
-                    self._store_asset_event(conn, e, event_id)
+                has_cols = self._has_asset_key_index_cols_on_connection(conn)
+                for key, values in _asset_entry_values(self, asset, ids, has_cols).items():
+                    try:
+                        conn.execute(AssetKeyTable.insert().values(asset_key=key, **values))
+                    except db_exc.IntegrityError:
+                        conn.execute(AssetKeyTable.update().values(**values).where(AssetKeyTable.c.asset_key == key))
         for e in others:
             self.store_event(e)
+
+
+def _asset_entry_values(
+    storage: BatchedSqliteEventLogStorage, events: Sequence[EventLogEntry], ids: Sequence[int], has_cols: bool
+) -> dict[str, dict[str, Any]]:
+    """Per asset key, the `asset_keys` values the events leave when applied one after another.
+
+    Applied in order, each column ends with the value of the last event that sets it; which columns an
+    event sets depends only on its type (materialization, planned, observation). So only the last event
+    of each type per asset matters, and applying those in their original order gives the same row - while
+    serializing one materialization record per asset instead of one per partition.
+    """
+    last: dict[tuple[str, Any], int] = {}
+    for i, e in enumerate(events):
+        last[(e.get_dagster_event().asset_key.to_string(), e.dagster_event_type)] = i
+    out: dict[str, dict[str, Any]] = {}
+    for (key, _type), i in sorted(last.items(), key=lambda kv: kv[1]):
+        values = storage._get_asset_entry_values(events[i], ids[i], has_cols)
+        if values:
+            out.setdefault(key, {}).update(values)
+    return out
 
 
 def _set_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -84,7 +84,17 @@ def _figures(instance: dg.DagsterInstance, run_id: str, keys: list[AssetKey]) ->
             for ck in _check_keys(instance, k)
             for r in instance.event_log_storage.get_asset_check_execution_history(ck, limit=1000)
         )
-    return {"planned": planned, "mats": mats, "parts": parts, "run_events": run_events, "checks": checks}
+    # The asset's own row (asset_keys): what the UI's asset list and "latest materialization" read. Its
+    # last materialization must be the newest stored record, with its real storage id and partition.
+    latest = {}
+    for k in keys:
+        entry = instance.get_asset_records([k])[0].asset_entry
+        newest = instance.fetch_materializations(k, limit=1).records[0]
+        assert entry.last_materialization_record.storage_id == newest.storage_id, k
+        latest[k.to_user_string()] = (entry.last_materialization.asset_materialization.partition,
+                                      entry.last_run_id == run_id, entry.last_materialization_storage_id is not None)  # fmt: skip
+    return {"planned": planned, "mats": mats, "parts": parts, "run_events": run_events, "checks": checks,
+            "latest": latest}  # fmt: skip
 
 
 def _same_place(v: object) -> object:
@@ -136,7 +146,7 @@ def test_batched_storage_stores_what_the_stock_storage_stores(tmp_path, binance,
         assert len(parts) == 3, asset
         assert len(shipped["planned"][asset]) == 3, asset
         assert set(shipped["mats"][asset]) == set(parts)
-    for what in ("planned", "parts", "run_events", "checks"):
+    for what in ("planned", "parts", "run_events", "checks", "latest"):
         assert shipped[what] == stock[what], what
     for asset in stock["mats"]:
         for part, md in stock["mats"][asset].items():
