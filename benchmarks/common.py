@@ -88,6 +88,8 @@ def _serve(kind: str, symbols: list[str], periods: int, root: str | None, q: Any
     if kind == "rest":
         fake = FakeBinance({(s, "1m"): klines(periods, i, start) for i, s in enumerate(symbols)} if periods else {},
                            latency=latency)
+        for (sym, tf), frame in fake.series.items():  # format the wire pages before anything is timed
+            fake._wire_rows(sym, tf, frame)
     else:
         fake = FakeArchive(Path(root or "."))
     with fake:

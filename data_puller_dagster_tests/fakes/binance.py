@@ -93,6 +93,7 @@ class FakeBinance(FakeServer):
     ):
         super().__init__()
         self.series: dict[tuple[str, str], pd.DataFrame] = {}
+        self._wire_cache: dict[tuple[str, str], tuple[pd.DataFrame, np.ndarray]] = {}
         for (sym, tf), f in (series or {}).items():
             self.add(sym, tf, f)
         self.latency = latency
@@ -113,6 +114,16 @@ class FakeBinance(FakeServer):
     def add(self, symbol: str, interval: str, frame: pd.DataFrame) -> None:
         f = frame[KLINE_FIELDS].sort_values("open_time", kind="stable").reset_index(drop=True)
         self.series[(symbol, interval)] = f
+
+    def _wire_rows(self, symbol: str, interval: str, frame: pd.DataFrame) -> np.ndarray:
+        """The series in wire layout as an object array, formatted once per series frame (a year of 1m
+        is ~530 pages; formatting each page's prices again made the server, not the client, the limit)."""
+        with self._lock:  # formatted by one thread; the others wait for it rather than repeat it
+            cached = self._wire_cache.get((symbol, interval))
+            if cached is None or cached[0] is not frame:
+                cached = (frame, wire_strings(frame).to_numpy(dtype=object))
+                self._wire_cache[(symbol, interval)] = cached
+            return cached[1]
 
     # ----------------------------------------------------------------------------- switches
     def throttle(self, n: int, retry_after: float = 0) -> None:
@@ -235,8 +246,7 @@ class FakeBinance(FakeServer):
         i = int(np.searchsorted(ot, int(params["startTime"]), "left")) if "startTime" in params else 0
         j = int(np.searchsorted(ot, int(params["endTime"]), "right")) if "endTime" in params else len(ot)
         i0 = max(0, i - self.duplicates)
-        page = wire_strings(f.iloc[i0 : min(j, i + limit)])
-        rows: list[Any] = page.to_numpy(dtype=object).tolist()
+        rows: list[Any] = self._wire_rows(sym, interval, f)[i0 : min(j, i + limit)].tolist()
         if self.malformed and rows:
             rows[len(rows) // 2] = rows[len(rows) // 2][:11]
         return Reply(200, orjson.dumps(rows, option=orjson.OPT_SERIALIZE_NUMPY), headers, delay)
