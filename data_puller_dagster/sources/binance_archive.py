@@ -18,10 +18,19 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import requests
 
 from data_puller_dagster.sources.base import KLINE_FIELDS, check_range
-from data_puller_dagster.sources.binance import BINANCE_INTERVALS, klines_frame
+from data_puller_dagster.sources.binance import (
+    BINANCE_INTERVALS,
+    INT_FIELDS,
+    KlineColumns,
+    columns_frame,
+    frame_columns,
+)
 from data_puller_dagster.sources.errors import (
     ChecksumMismatchError,
     InvalidRequestError,
@@ -63,18 +72,64 @@ def verify_checksum(data: bytes, checksum_text: str, what: str) -> None:
         )
 
 
+_CSV_READ = pacsv.ReadOptions(column_names=KLINE_FIELDS, use_threads=False)
+_CSV_PARSE = pacsv.ParseOptions(quote_char=False, newlines_in_values=False)
+_CSV_CONVERT = pacsv.ConvertOptions(
+    column_types=dict.fromkeys(KLINE_FIELDS, pa.large_string()),
+    null_values=[""],
+    strings_can_be_null=True,
+    check_utf8=True,
+)
+_EPOCH_DIGITS = r"^[0-9]{1,18}$"  # unsigned decimal within int64
+
+
+def _csv_columns(data: bytes) -> KlineColumns | None:
+    """The columns of an archive CSV in Binance's plain layout, or None for the general (pandas) path.
+
+    Why: pandas' reader plus per-column `to_numeric` cost ~20 ms a day file (~8 s of CPU for a year);
+    Arrow's reader produces the columns in C++ without the GIL. Taken only where the two readers
+    provably agree: no quotes, carriage returns or byte-order mark, 12 fields on every line, and
+    integer fields of plain digits. Anything else returns None and pandas decides as before (same
+    values, same errors).
+    """
+    if not data or data.startswith(b"\xef\xbb\xbf") or b'"' in data or b"\r" in data:
+        return None
+    try:
+        table = pacsv.read_csv(pa.py_buffer(data), _CSV_READ, _CSV_PARSE, _CSV_CONVERT)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    if table.num_rows == 0:  # blank lines only: pandas raises its own error for that
+        return None
+    first = table.column("open_time")[0].as_py()
+    if first is None or not first.strip().isdigit():
+        table = table.slice(1)  # a header row ("open_time,open,...")
+    cols: KlineColumns = {}
+    for name in KLINE_FIELDS:
+        values = table.column(name).combine_chunks()
+        if name not in INT_FIELDS:
+            cols[name] = values
+            continue
+        if len(values) and (values.null_count or not pc.all(pc.match_substring_regex(values, _EPOCH_DIGITS)).as_py()):
+            return None
+        cols[name] = pc.cast(values, pa.int64()).to_numpy(zero_copy_only=False)
+    return cols
+
+
 def parse_archive_csv(
     data: bytes, symbol: str, timeframe: str, fetched_at: pd.Timestamp, what: str
 ) -> pd.DataFrame:
     """Archive CSV bytes (no header, or one tolerated) -> Binance raw frame, source binance_archive."""
-    rows = pd.read_csv(io.BytesIO(data), header=None, dtype=str, keep_default_na=False, na_values=[""])
-    if len(rows) and not str(rows.iat[0, 0]).strip().isdigit():
-        rows = rows.iloc[1:]  # a header row ("open_time,open,...")
-    if rows.shape[1] != len(KLINE_FIELDS):
-        raise MalformedResponseError(
-            f"{what}: CSV has {rows.shape[1]} columns, expected 12", provider=PROVIDER
-        )
-    return klines_frame(rows, symbol, timeframe, SOURCE, fetched_at, what)
+    cols = _csv_columns(data)
+    if cols is None:
+        rows = pd.read_csv(io.BytesIO(data), header=None, dtype=str, keep_default_na=False, na_values=[""])
+        if len(rows) and not str(rows.iat[0, 0]).strip().isdigit():
+            rows = rows.iloc[1:]  # a header row ("open_time,open,...")
+        if rows.shape[1] != len(KLINE_FIELDS):
+            raise MalformedResponseError(
+                f"{what}: CSV has {rows.shape[1]} columns, expected 12", provider=PROVIDER
+            )
+        cols = frame_columns(rows, what)
+    return columns_frame([(cols, fetched_at)], symbol, timeframe, SOURCE)
 
 
 def unzip_single_csv(data: bytes, what: str) -> bytes:
@@ -195,7 +250,8 @@ class BinanceArchive:
             if isinstance(df, ChecksumMismatchError):
                 unverified[d] = df
             elif df is not None:
-                found[d] = df[(df["ts"] >= start) & (df["ts"] < end)].reset_index(drop=True)
+                inside = ((df["ts"] >= start) & (df["ts"] < end)).to_numpy()
+                found[d] = df if inside.all() else df[inside].reset_index(drop=True)  # whole days: no copy
         return days, found, unverified
 
     def close(self) -> None:

@@ -67,7 +67,9 @@ def fetch_pages(
                 else:
                     errors.append(err)
                     cancelled.set()
-                cond.notify_all()
+                # Wake the caller only when it has something to do (a GIL hand-off per page otherwise).
+                if state["done"] == n or errors:
+                    cond.notify_all()
 
     for k in range(max(1, min(max_concurrency, n))):
         threading.Thread(target=worker, name=f"{name}-{k}", daemon=True).start()

@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from data_puller_dagster import timeframes
 from data_puller_dagster.symbols import SYMBOL_PATTERN
@@ -138,12 +140,46 @@ def empty_quarantine() -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------------------- parsing
+def _arrow_text(s: pd.Series) -> pa.Array | None:
+    """The Arrow data of a text column (string[pyarrow]: its own; string[python]: converted), else None."""
+    if not isinstance(s.dtype, pd.StringDtype):
+        return None
+    if s.dtype.storage == "python":  # one C pass over the str objects (np.asarray: no copy; <NA> -> null)
+        return pa.array(np.asarray(s.array, dtype=object), type=pa.string(), from_pandas=True)
+    return pa.array(s.array)  # Arrow storage: its own buffers
+
+
+def _python_text(s: pd.Series) -> pd.Series:
+    """`s` with Python string storage (the rare slow paths below were written, and are exact, for it)."""
+    if isinstance(s.dtype, pd.StringDtype) and s.dtype.storage != "python":
+        return s.astype(pd.StringDtype("python"))
+    return s
+
+
 def _to_float(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """(values, unparseable mask). Null stays NaN and is *not* unparseable; junk text is."""
+    """(values, unparseable mask). Null stays NaN and is *not* unparseable; junk text is.
+
+    Text columns without nulls are parsed by Arrow's C++ cast (no Python object per value): for every
+    string it accepts and parses to a finite number, the result is bit-identical to Python's `float`
+    (both round correctly). Anything else - a null, a string Arrow refuses (" 5", "1_0"), a
+    non-finite result - takes the original NumPy/pandas path on Python strings, so the values and
+    the unparseable mask stay exactly what they were.
+    """
     if pd.api.types.is_float_dtype(s.dtype) or pd.api.types.is_integer_dtype(s.dtype):
-        vals = s.to_numpy(dtype="float64", na_value=np.nan)
+        vals = s.to_numpy(dtype="float64", na_value=np.nan, copy=True)  # never a view of the raw frame
         return vals, np.zeros(len(s), dtype=bool)
-    try:  # fast path: numpy's C string->float on clean columns (np.asarray: no copy of a StringArray)
+    arrow = _arrow_text(s)
+    if arrow is not None and len(s) and arrow.null_count == len(s):  # e.g. forex volume: all missing
+        return np.full(len(s), np.nan), np.zeros(len(s), dtype=bool)
+    if arrow is not None and arrow.null_count == 0:
+        try:
+            vals = pc.cast(arrow, pa.float64()).to_numpy()
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            vals = None
+        if vals is not None and np.isfinite(vals).all():
+            return vals, np.zeros(len(s), dtype=bool)
+    s = _python_text(s)
+    try:  # numpy's C string->float on clean columns (np.asarray: no copy of a StringArray)
         vals = np.asarray(s.array, dtype=object).astype(np.float64)
         return vals, np.zeros(len(s), dtype=bool)
     except (ValueError, TypeError):
@@ -151,6 +187,53 @@ def _to_float(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     vals = pd.to_numeric(s, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
     bad = np.isnan(vals) & s.notna().to_numpy()
     return vals, bad
+
+
+def _as_text(s: pd.Series) -> pd.Series:
+    """`s` as a pandas string column (either storage kept), like `astype("string")` for other dtypes."""
+    return s if isinstance(s.dtype, pd.StringDtype) else s.astype("string")
+
+
+def _text_codes(s: pd.Series) -> tuple[np.ndarray, list[object]]:
+    """(codes, sorted distinct values) of a column as text; code -1 for nulls, like
+    `pd.factorize(sort=True)`.
+
+    The usual raw frame has one symbol, one timeframe and one source: one vectorized comparison then
+    settles it (no hashing of a million strings). The column is rebuilt from these few values instead
+    of converted row by row: an Arrow column costs no Python object per row, a Python one shares one
+    object per distinct value.
+    """
+    s = _as_text(s)
+    if len(s) and isinstance(first := s.iloc[0], str):
+        if s.dtype.storage == "python":  # NumPy's object comparison (pandas' own adds a mask pass)
+            try:
+                eq = np.asarray(np.asarray(s.array, dtype=object) == first, dtype=bool)  # no copy of the array
+                same = eq.shape == (len(s),) and bool(eq.all())
+            except TypeError:  # <NA> == str has no truth value: not a one-value column
+                same = False
+        else:
+            same = bool((s == first).to_numpy(dtype=bool, na_value=False).all())
+        if same:
+            return np.zeros(len(s), dtype=np.intp), [first]
+    codes, uniques = pd.factorize(s, sort=True)
+    return codes, list(uniques)
+
+
+def _from_codes(codes: np.ndarray, uniques: list[object]) -> pd.Series:
+    """The "string" column whose row i is uniques[codes[i]] (<NA> where the code is -1)."""
+    values = np.empty(len(uniques) + 1, dtype=object)
+    values[: len(uniques)] = uniques
+    values[-1] = pd.NA  # index -1
+    return pd.Series(pd.arrays.StringArray(values[codes]), copy=False)
+
+
+def _trades(col: pd.Series) -> pd.Series:
+    """Trades as Int64 (rounded), <NA> where missing or unparseable."""
+    if col.dtype == np.int64:
+        v = col.to_numpy()
+        if len(v) == 0 or int(np.abs(v).max()) <= 2**53:  # exact in float64: the round trip is the identity
+            return pd.Series(pd.array(v, dtype="Int64"), copy=False)
+    return pd.to_numeric(col, errors="coerce").astype("Float64").round().astype("Int64")
 
 
 def _ts_unit(v: np.ndarray) -> np.ndarray:
@@ -290,8 +373,8 @@ def normalize(
     else:
         quote_volume, bad_qv = np.full(n, np.nan), np.zeros(n, dtype=bool)
     if "trades" in raw.columns:
-        trades = pd.to_numeric(raw["trades"], errors="coerce").astype("Float64").round().astype("Int64")
-        bad_trades = (trades.isna() & raw["trades"].notna()).to_numpy()
+        trades = _trades(raw["trades"])
+        bad_trades = (trades.isna().to_numpy() & raw["trades"].notna().to_numpy())
     else:
         trades = pd.Series(pd.NA, index=raw.index, dtype="Int64")
         bad_trades = np.zeros(n, dtype=bool)
@@ -299,25 +382,29 @@ def normalize(
     fetched_at = _utc_col(raw, "fetched_at")
     step = pd.Timedelta(seconds=timeframes.seconds(timeframe))
     is_final = (fetched_at >= ts + step).fillna(False).to_numpy(dtype=bool)
-    symbol = raw["symbol"].astype("string")
-    source = raw["source"].astype("string") if "source" in raw.columns else pd.Series(layout, index=raw.index, dtype="string")
+    sym_codes, sym_uniq = _text_codes(raw["symbol"])
+    symbol = _from_codes(sym_codes, sym_uniq)
+    if "source" in raw.columns:
+        source = _from_codes(*_text_codes(raw["source"]))
+    else:
+        source = pd.Series(layout, index=raw.index, dtype="string")
+    if "timeframe" in raw.columns:
+        tf_codes, tf_uniq = _text_codes(raw["timeframe"])
+        tf_mismatch = np.array([u != timeframe for u in tf_uniq] + [False], dtype=bool)[tf_codes]  # <NA>: no
+    else:
+        tf_mismatch = np.zeros(n, dtype=bool)
 
     o, h, lo, c = prices["open"], prices["high"], prices["low"], prices["close"]
     with np.errstate(invalid="ignore"):
-        sym_uniq = pd.unique(symbol.dropna())
-        good_syms = [s for s in sym_uniq if SYMBOL_PATTERN.match(str(s))]
+        good_sym = np.array([bool(SYMBOL_PATTERN.match(str(u))) for u in sym_uniq] + [False])  # per symbol
         masks: dict[str, np.ndarray] = {
             "unparseable_ts": ~ts_ok,
             "missing_fetched_at": fetched_at.isna().to_numpy(),
             "misaligned_ts": ts_ok & ~on_grid(ts, asset_class, timeframe),
             "future_ts": ts_ok & (ts > now).fillna(False).to_numpy(dtype=bool),
-            "timeframe_mismatch": (
-                (raw["timeframe"].astype("string") != timeframe).fillna(False).to_numpy(dtype=bool)
-                if "timeframe" in raw.columns
-                else np.zeros(n, dtype=bool)
-            ),
+            "timeframe_mismatch": tf_mismatch,
             "interval_mismatch": ~np.isnan(interval_s) & (interval_s != timeframes.seconds(timeframe)),
-            "invalid_symbol": ~symbol.isin(good_syms).to_numpy(dtype=bool),
+            "invalid_symbol": ~good_sym[sym_codes],
             "unparseable_price": bad_price,
             "nonpositive_price": ~bad_price & ((o <= 0) | (h <= 0) | (lo <= 0) | (c <= 0)),
             "high_below_low": h < lo,
@@ -349,14 +436,18 @@ def normalize(
             "quote_volume": quote_volume,
             "fetched_at": fetched_at,
             "is_final": is_final,
-        }
+        },
+        copy=False,  # every column is a fresh array: no copy, and no consolidation into 2-D blocks
     )
 
     quarantine = _quarantine(frame, raw_ts, rule, masks, failed)
     report.quarantined = len(quarantine)
     report.quarantined_by_rule = {k: int(v) for k, v in quarantine["rule"].value_counts().items()}
 
-    data, conflicts = _deduplicate(frame[~failed] if failed.any() else frame, report)
+    if failed.any():
+        data, conflicts = _deduplicate(frame[~failed], report, sym_codes[~failed])
+    else:
+        data, conflicts = _deduplicate(frame, report, sym_codes)
     report.rows_out = len(data)
     report.still_open = int((~data["is_final"]).sum())
     zero = (data["volume"] == 0) | (data["trades"] == 0).fillna(False)
@@ -396,11 +487,15 @@ def _quarantine(
     return q[QUARANTINE_COLUMNS].astype(QUARANTINE_DTYPES).reset_index(drop=True)
 
 
-def _deduplicate(good: pd.DataFrame, report: NormalizeReport) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Keep the most recently fetched row per (symbol, timeframe, ts); count what was dropped."""
+def _deduplicate(
+    good: pd.DataFrame, report: NormalizeReport, sym_codes: np.ndarray
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Keep the most recently fetched row per (symbol, timeframe, ts); count what was dropped.
+
+    `sym_codes`: per row, the rank of its symbol among the distinct symbols (`pd.factorize(sort=True)`).
+    """
     if good.empty:
         return empty_canonical(), empty_canonical()
-    sym_codes, _ = pd.factorize(good["symbol"], sort=True)
     ts_ns = good["ts"].to_numpy("datetime64[ns]").view("int64")
     fa_ns = good["fetched_at"].to_numpy("datetime64[ns]").view("int64")
     order = np.lexsort((np.arange(len(good)), fa_ns, ts_ns, sym_codes))
@@ -414,7 +509,8 @@ def _deduplicate(good: pd.DataFrame, report: NormalizeReport) -> tuple[pd.DataFr
     last_of_key = np.ones(len(g), dtype=bool)
     last_of_key[:-1] = (sym_s[1:] != sym_s[:-1]) | (ts_s[1:] != ts_s[:-1])
     if last_of_key.all():
-        return g[CANONICAL_COLUMNS].astype(CANONICAL_DTYPES, copy=False), empty_canonical()
+        cols = g if list(g.columns) == CANONICAL_COLUMNS else g[CANONICAL_COLUMNS]
+        return cols.astype(CANONICAL_DTYPES, copy=False), empty_canonical()
 
     winner_pos = np.flatnonzero(last_of_key)
     row_winner = winner_pos[np.searchsorted(winner_pos, np.arange(len(g)))]

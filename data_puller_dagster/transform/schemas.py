@@ -16,6 +16,8 @@ from typing import Annotated, Any
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
+from pandera import dtypes as pa_dtypes
+from pandera.engines import pandas_engine
 from pandera.errors import SchemaError, SchemaErrors
 from pandera.typing.pandas import Series
 
@@ -47,11 +49,36 @@ def high_ge_low(df: pd.DataFrame) -> pd.Series:
     return df["high"] >= df["low"]
 
 
+def text_codes(s: pd.Series) -> tuple[np.ndarray, list[Any]]:
+    """(codes, distinct values) of a column like `pd.factorize` (missing -> -1, first-seen order).
+
+    A column holding one string (one symbol, timeframe or asset class: the usual normalized frame) is
+    settled by one vectorized comparison instead of hashing a million Python strings.
+    """
+    if len(s) and isinstance(first := s.iloc[0], str) and not isinstance(s.dtype, pd.CategoricalDtype):
+        same: np.ndarray | None
+        if isinstance(s.dtype, pd.StringDtype) and s.dtype.storage == "pyarrow":  # Arrow compute, no strs
+            same = (s == first).to_numpy(dtype=bool, na_value=False)
+        else:
+            try:
+                same = np.asarray(np.asarray(s.array, dtype=object) == first, dtype=bool)
+            except TypeError:  # pd.NA compares to NA, which has no truth value: take the general path
+                same = None
+        if same is not None and same.shape == (len(s),) and bool(same.all()):
+            return np.zeros(len(s), dtype=np.intp), [first]
+    codes, uniques = pd.factorize(s)
+    return codes, list(uniques)
+
+
 def ts_aligned(df: pd.DataFrame) -> pd.Series:
     """`ts` lies on its timeframe's grid (epoch grid; equity/index 1h/4h only need the half-hour grid,
     because their bars start at the 09:30 session open; `calendars.on_grid` is the exact check)."""
-    step = df["timeframe"].map(_TF_NS).astype("float64").fillna(0).to_numpy().astype("int64")
-    exchange = df["asset_class"].isin(["equity", "index"]).to_numpy() & (step > _HALF_HOUR_NS) & (step < 86400 * 10**9)
+    tf_codes, tf_values = text_codes(df["timeframe"])  # per distinct timeframe, not per row
+    tf_steps = [_TF_NS.get(v, 0) if isinstance(v, str) else 0 for v in tf_values]
+    step = np.array([*tf_steps, 0], dtype=np.int64)[tf_codes]  # code -1 (missing): no grid
+    ac_codes, ac_values = text_codes(df["asset_class"])
+    exchange_class = np.array([isinstance(v, str) and v in ("equity", "index") for v in ac_values] + [False])
+    exchange = exchange_class[ac_codes] & (step > _HALF_HOUR_NS) & (step < 86400 * 10**9)
     step = np.where(exchange, _HALF_HOUR_NS, step)
     values = df["ts"].to_numpy("datetime64[ns]").view("int64")
     ok = (step > 0) & (values % np.where(step > 0, step, 1) == 0)
@@ -80,11 +107,31 @@ def exempt_all_null_rows(df: pd.DataFrame, ok: pd.Series) -> pd.Series:
 
 def symbols_valid(s: pd.Series) -> bool:
     """Every distinct symbol matches the project's symbol pattern (checked once per distinct value)."""
-    uniq = pd.unique(s.dropna())
+    _, uniq = text_codes(s)  # nulls are not among the distinct values (cheaper than dropna on every row)
     return all(SYMBOL_PATTERN.match(str(u)) for u in uniq)
 
 
 # --------------------------------------------------------------------------------------------- raw
+@pandas_engine.Engine.register_dtype
+@pa_dtypes.immutable(init=True)
+class RawText(pandas_engine.STRING):
+    """pandas "string" of either storage: Python objects or Arrow (`string[pyarrow]`).
+
+    Binance raw text is Arrow-backed (sources.base.BINANCE_TEXT_DTYPE); Twelve Data's, and raw
+    partitions stored before, hold Python strings; both hold the same values. Every other dtype is
+    judged (and reported, as `dtype('string[python]')`) exactly as pandera's own string dtype does.
+    """
+
+    def check(self, pandera_dtype: pa_dtypes.DataType, data_container: Any = None) -> Any:
+        try:
+            resolved = pandas_engine.Engine.dtype(pandera_dtype)
+        except TypeError:
+            return False
+        if isinstance(resolved, pandas_engine.STRING):
+            return True if data_container is None else np.full(len(data_container), True, dtype=bool)
+        return super().check(pandera_dtype, data_container)
+
+
 class RawBinanceModel(pa.DataFrameModel):
     """Structure of a Binance klines frame (REST or archive) as the adapter hands it over.
 
@@ -92,21 +139,21 @@ class RawBinanceModel(pa.DataFrameModel):
     """
 
     open_time: Series[np.int64]
-    open: Series[pd.StringDtype] = pa.Field(nullable=True)
-    high: Series[pd.StringDtype] = pa.Field(nullable=True)
-    low: Series[pd.StringDtype] = pa.Field(nullable=True)
-    close: Series[pd.StringDtype] = pa.Field(nullable=True)
-    volume: Series[pd.StringDtype] = pa.Field(nullable=True)
+    open: Series[RawText] = pa.Field(nullable=True)
+    high: Series[RawText] = pa.Field(nullable=True)
+    low: Series[RawText] = pa.Field(nullable=True)
+    close: Series[RawText] = pa.Field(nullable=True)
+    volume: Series[RawText] = pa.Field(nullable=True)
     close_time: Series[np.int64]
-    quote_volume: Series[pd.StringDtype] = pa.Field(nullable=True)
+    quote_volume: Series[RawText] = pa.Field(nullable=True)
     trades: Series[np.int64]
-    taker_buy_base: Series[pd.StringDtype] = pa.Field(nullable=True)
-    taker_buy_quote: Series[pd.StringDtype] = pa.Field(nullable=True)
-    ignore: Series[pd.StringDtype] = pa.Field(nullable=True)
+    taker_buy_base: Series[RawText] = pa.Field(nullable=True)
+    taker_buy_quote: Series[RawText] = pa.Field(nullable=True)
+    ignore: Series[RawText] = pa.Field(nullable=True)
     ts: Series[UTC_TS] = pa.Field(nullable=True)
-    symbol: Series[pd.StringDtype]
-    timeframe: Series[pd.StringDtype] = pa.Field(isin=list(timeframes.TIMEFRAMES))
-    source: Series[pd.StringDtype] = pa.Field(isin=BINANCE_SOURCES)
+    symbol: Series[RawText]
+    timeframe: Series[RawText] = pa.Field(isin=list(timeframes.TIMEFRAMES))
+    source: Series[RawText] = pa.Field(isin=BINANCE_SOURCES)
     fetched_at: Series[UTC_TS]
 
     class Config:
@@ -116,18 +163,18 @@ class RawBinanceModel(pa.DataFrameModel):
 class RawTwelveDataModel(pa.DataFrameModel):
     """Structure of a Twelve Data time_series frame as the adapter hands it over (strings as sent)."""
 
-    datetime: Series[pd.StringDtype] = pa.Field(nullable=True)
-    open: Series[pd.StringDtype] = pa.Field(nullable=True)
-    high: Series[pd.StringDtype] = pa.Field(nullable=True)
-    low: Series[pd.StringDtype] = pa.Field(nullable=True)
-    close: Series[pd.StringDtype] = pa.Field(nullable=True)
-    volume: Series[pd.StringDtype] = pa.Field(nullable=True)
+    datetime: Series[RawText] = pa.Field(nullable=True)
+    open: Series[RawText] = pa.Field(nullable=True)
+    high: Series[RawText] = pa.Field(nullable=True)
+    low: Series[RawText] = pa.Field(nullable=True)
+    close: Series[RawText] = pa.Field(nullable=True)
+    volume: Series[RawText] = pa.Field(nullable=True)
     # meta.interval of the response; optional so raw partitions stored before it existed still read.
-    interval: Series[pd.StringDtype] | None = pa.Field(nullable=True)
+    interval: Series[RawText] | None = pa.Field(nullable=True)
     ts: Series[UTC_TS] = pa.Field(nullable=True)
-    symbol: Series[pd.StringDtype]
-    timeframe: Series[pd.StringDtype] = pa.Field(isin=list(timeframes.TIMEFRAMES))
-    source: Series[pd.StringDtype] = pa.Field(isin=TWELVEDATA_SOURCES)
+    symbol: Series[RawText]
+    timeframe: Series[RawText] = pa.Field(isin=list(timeframes.TIMEFRAMES))
+    source: Series[RawText] = pa.Field(isin=TWELVEDATA_SOURCES)
     fetched_at: Series[UTC_TS]
 
     class Config:
@@ -251,15 +298,113 @@ def _summarize(df: pd.DataFrame, err: SchemaErrors | SchemaError, sample_rows: i
 
 
 def _validate(model: type[pa.DataFrameModel], df: pd.DataFrame, sample_rows: int) -> ValidationSummary:
+    # inplace=True: pandera otherwise copies the whole frame before checking it (and every column again);
+    # without coercion (none of these models coerces) validation only reads the frame.
     try:
-        model.validate(df, lazy=True)
+        model.validate(df, lazy=True, inplace=True)
     except (SchemaErrors, SchemaError) as err:
         return _summarize(df, err, sample_rows)
     return ValidationSummary(ok=True, rows=len(df))
 
 
+_FRAME_CHECKS = {
+    "high_ge_open_close": high_ge_open_close,
+    "low_le_open_close": low_le_open_close,
+    "high_ge_low": high_ge_low,
+    "ts_aligned": ts_aligned,
+}
+
+
+def _column_passes(col: Any, s: pd.Series) -> tuple[bool, np.ndarray | None]:
+    """(whether every value of `s` provably passes column schema `col`, its integer sort codes or None).
+
+    Only an exact dtype, the nullability and the checks this function knows (by name, with their
+    statistics and ignore_na) are judged; anything else is "not proven".
+    """
+    if col.coerce or col.unique or col.regex or not col.required or s.dtype != getattr(col.dtype, "type", None):
+        return False, None
+    if isinstance(s.dtype, pd.StringDtype):
+        codes, values = text_codes(s)
+        if (codes < 0).any():  # a null: pandera reports it (or passes it) in its own words
+            return False, None
+        for check in col.checks:
+            if check.name == "isin":
+                ok = all(v in check.statistics["allowed_values"] for v in values)
+            elif check.name == "symbol_pattern":
+                ok = all(SYMBOL_PATTERN.match(str(v)) for v in values)
+            else:
+                return False, None
+            if not ok:
+                return False, None
+        return True, codes
+    if isinstance(s.dtype, pd.DatetimeTZDtype):
+        i8 = s.array.asi8
+        return (not col.checks and (col.nullable or not (i8 == np.iinfo(np.int64).min).any())), i8
+    if s.dtype == np.bool_:
+        return not col.checks, None
+    if s.dtype == np.float64 or isinstance(s.dtype, pd.Int64Dtype):
+        v = s.to_numpy(dtype="float64", na_value=np.nan)  # Int64 as float: the sign and zero are exact
+        null = np.isnan(v)
+        if not col.nullable and null.any():
+            return False, None
+        for check in col.checks:
+            with np.errstate(invalid="ignore"):
+                if check.name == "greater_than":
+                    ok = v > check.statistics["min_value"]
+                elif check.name == "greater_than_or_equal_to":
+                    ok = v >= check.statistics["min_value"]
+                elif check.name == "finite_price":
+                    ok = np.isfinite(v)
+                else:
+                    return False, None
+            if not (ok | null if check.ignore_na else ok).all():
+                return False, None
+        return True, None
+    return False, None
+
+
+def proven_valid(schema: pa.DataFrameSchema, df: pd.DataFrame) -> bool:
+    """Whether `df` passes `schema` by cheap whole-column tests (True), or pandera has to decide (False).
+
+    Why: pandera checks nulls, allowed values and key uniqueness by scanning (and hashing) every Python
+    string of the text columns several times - most of the cost of validating a million normalized
+    rows, which normalize itself produces valid. This is only a sufficient test: the frame's columns and
+    exact dtypes are the schema's, every check of the schema is one it knows (otherwise: not proven) and
+    passes on every row, and the unique key is strictly increasing row over row (sorted keys are
+    distinct). A frame it does not prove valid is validated (and reported) by pandera exactly as before.
+    """
+    if schema.strict is not True or not schema.ordered or schema.coerce or schema.index is not None:
+        return False
+    if list(df.columns) != list(schema.columns) or getattr(schema, "parsers", None):
+        return False
+    codes: dict[str, np.ndarray | None] = {}
+    for name, col in schema.columns.items():
+        ok, codes[name] = _column_passes(col, df[name])
+        if not ok:
+            return False
+    for check in schema.checks:
+        fn = _FRAME_CHECKS.get(check.name)
+        if fn is None or not np.asarray(fn(df), dtype=bool).all():
+            return False
+    if schema.unique and len(df) > 1:
+        keys = [codes.get(c) for c in ([schema.unique] if isinstance(schema.unique, str) else schema.unique)]
+        if any(k is None for k in keys):
+            return False
+        greater = np.zeros(len(df) - 1, dtype=bool)
+        equal = np.ones(len(df) - 1, dtype=bool)
+        for k in keys:
+            before, after = k[:-1], k[1:]  # type: ignore[index]
+            greater |= equal & (after > before)
+            equal &= after == before
+        if not greater.all():
+            return False
+    return True
+
+
 def validate_normalized(df: pd.DataFrame, sample_rows: int = 10) -> ValidationSummary:
     """Lazily validate a canonical frame; never raises for data problems, reports them."""
+    if proven_valid(NormalizedModel.to_schema(), df):
+        return ValidationSummary(ok=True, rows=len(df))
     return _validate(NormalizedModel, df, sample_rows)
 
 
