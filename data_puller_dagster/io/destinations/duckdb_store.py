@@ -9,7 +9,9 @@ exponential backoff and raises LockTimeoutError (naming the file and the timeout
 from __future__ import annotations
 
 import json
+import os
 import random
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,6 +61,37 @@ class DuckDBDestination:
         self.path = Path(path)
         self.lock_timeout = lock_timeout
 
+    def _create_file(self) -> None:
+        """Create the warehouse file atomically if it does not exist yet.
+
+        Why: `duckdb.connect` creates a missing file in place, so a second process opening it while the
+        first is still writing its header gets "not a valid DuckDB database file" (not a lock error, so
+        not retried): parallel runs' first writes to a new warehouse failed. Here the empty database is
+        made under a temporary name and hard-linked into place, which fails if another process got there
+        first; either way the file that appears is complete. Init files of crashed creators older than
+        an hour are removed, so they cannot pile up.
+        """
+        if self.path.exists():
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        prefix = f".{self.path.name}."
+        now = time.time()
+        for old in self.path.parent.glob(f"{prefix}*.init*"):
+            try:
+                if now - old.stat().st_mtime > 3600:
+                    old.unlink()
+            except OSError:
+                pass
+        tmp = self.path.with_name(f"{prefix}{os.getpid()}.{threading.get_ident()}.init")
+        try:
+            duckdb.connect(str(tmp)).close()
+            os.link(tmp, self.path)
+        except FileExistsError:
+            pass  # another process created it first
+        finally:
+            for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
+                leftover.unlink(missing_ok=True)
+
     def _with_connection(self, work: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
         """Run `work` on a fresh connection, retrying while another process holds the file lock."""
         deadline = time.monotonic() + self.lock_timeout
@@ -97,7 +130,7 @@ class DuckDBDestination:
         columns = {str(c): sql_type(t, "duckdb") for c, t in df.dtypes.items()}
         if has_pdate:
             columns[PARTITION_DATE_COLUMN] = "DATE"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._create_file()
 
         def work(con: duckdb.DuckDBPyConnection) -> None:
             # The whole slice (every day of a range run) in one transaction: one DELETE of the range,
