@@ -5,11 +5,9 @@ must end up with exactly one copy of one writer's rows."""
 from __future__ import annotations
 
 import multiprocessing as mp
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import pandas as pd
@@ -111,26 +109,3 @@ def test_postgres_concurrent_writers_same_table(pg_schema) -> None:
 
 def test_parquet_concurrent_writers_same_partitions(tmp_path: Path) -> None:
     _threaded(ParquetDestination(str(tmp_path / "lake")))
-
-
-def _first_writer(path: str, symbol: str, offset: int, start: Any) -> int:
-    start.wait(20)  # every process opens the not-yet-existing file at the same moment
-    df, part = _job(symbol, offset)
-    DuckDBDestination(path, lock_timeout=60).write(TABLE, df, part)
-    return len(df)
-
-
-def test_parallel_first_writes_to_a_new_warehouse_all_succeed(tmp_path: Path) -> None:
-    """Parallel runs writing to a warehouse that does not exist yet: nobody sees a half-created file."""
-    ctx = mp.get_context("fork")
-    for round_ in range(4):
-        path = str(tmp_path / f"new{round_}.duckdb")
-        start = ctx.Manager().Event()
-        args = [(path, s, i, start) for i, s in enumerate(SYMBOLS)] * 2
-        with ctx.Pool(len(args)) as pool:
-            pending = pool.starmap_async(_first_writer, args)
-            time.sleep(0.3)
-            start.set()
-            assert all(n > 0 for n in pending.get(120))
-        assert len(DuckDBDestination(path).read(TABLE, PART_ALL)) == len(_expected({s: i for i, s in enumerate(SYMBOLS)}))
-        assert not list(tmp_path.glob(".*.init*"))  # no init debris left behind
