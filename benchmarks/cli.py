@@ -56,28 +56,44 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
+class PeakTreeRss:
+    """Peak resident memory of a process and all its descendants (summed), sampled from /proc in a
+    thread while the `with` block runs; `mib` after it."""
+
+    def __init__(self, pid: int, interval: float = 0.02):
+        self.pid, self.interval, self._peak_kib = pid, interval, 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            self._peak_kib = max(self._peak_kib, sum(_rss_kib(p) for p in _tree(self.pid)))
+            self._done.wait(self.interval)
+
+    def __enter__(self) -> PeakTreeRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    @property
+    def mib(self) -> float:
+        return self._peak_kib / 1024
+
+
 def measure(cmd: list[str], env: dict[str, str], cwd: Path) -> dict[str, Any]:
     """Run cmd; wall seconds, CPU seconds of the tree, peak summed RSS (MiB), exit code, output tail."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = [0]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], sum(_rss_kib(p) for p in _tree(proc.pid)))
-            done.wait(0.02)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    out, _ = proc.communicate()
-    wall = time.perf_counter() - t0
-    done.set()
-    th.join()
+    with PeakTreeRss(proc.pid) as rss:
+        out, _ = proc.communicate()
+        wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall": wall, "cpu": cpu, "rss_mb": peak[0] / 1024, "rc": proc.returncode, "out": out}
+    return {"wall": wall, "cpu": cpu, "rss_mb": rss.mib, "rc": proc.returncode, "out": out}
 
 
 def workspace(tmp: Path, url: str, *, symbols: list[str], layers: str = "all") -> dict[str, str]:

@@ -81,8 +81,8 @@ def normalized_frame(periods: int) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------ fake providers in another process
-def _serve(kind: str, symbols: list[str], periods: int, root: str | None, q: Any, stop: Any,
-           latency: float = 0.0, start: str = START) -> None:
+def _serve(kind: str, symbols: list[str], periods: int, root: str | None, latency: float, start: str,
+           q: Any, stop: Any) -> None:
     from data_puller_dagster_tests.fakes.binance import FakeArchive, FakeBinance
 
     if kind == "rest":
@@ -98,14 +98,12 @@ def _serve(kind: str, symbols: list[str], periods: int, root: str | None, q: Any
 
 
 @contextmanager
-def served(kind: str, symbols: list[str], periods: int = YEAR_1M, root: Path | None = None,
-           latency: float = 0.0, start: str = START) -> Iterator[str]:
-    """A FakeBinance (kind="rest") or FakeArchive (kind="archive") in a child process, so the server's
-    Python work does not share the benchmark's GIL; yields its URL."""
+def in_child(serve: Callable[..., None], *args: Any) -> Iterator[str]:
+    """`serve(*args, q, stop)` in a forked child process (it puts its URL on `q`, serves until `stop`), so
+    a fake server's Python work does not share the benchmark's GIL; yields the URL."""
     ctx = mp.get_context("fork")
     q, stop = ctx.Queue(), ctx.Event()
-    p = ctx.Process(target=_serve, args=(kind, symbols, periods, str(root) if root else None, q, stop, latency, start),
-                    daemon=True)
+    p = ctx.Process(target=serve, args=(*args, q, stop), daemon=True)
     p.start()
     try:
         yield q.get(timeout=60)
@@ -114,3 +112,11 @@ def served(kind: str, symbols: list[str], periods: int = YEAR_1M, root: Path | N
         p.join(10)
         if p.is_alive():
             p.terminate()
+
+
+@contextmanager
+def served(kind: str, symbols: list[str], periods: int = YEAR_1M, root: Path | None = None,
+           latency: float = 0.0, start: str = START) -> Iterator[str]:
+    """A FakeBinance (kind="rest") or FakeArchive (kind="archive") in a child process; yields its URL."""
+    with in_child(_serve, kind, symbols, periods, str(root) if root else None, latency, start) as url:
+        yield url

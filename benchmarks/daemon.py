@@ -11,14 +11,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import yaml
 
-from benchmarks.cli import REPO, _rss_kib, _tree, workspace
+from benchmarks.cli import REPO, PeakTreeRss, workspace
 from benchmarks.common import row, served
 
 SYMBOLS = [f"SYM{i}USDT" for i in range(10)]
@@ -73,51 +72,41 @@ def daily_update(quick: bool) -> list[dict]:
                     [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w",
                      str(tmp / "workspace.yaml")],
                     env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-                peak = [0]
-                sampling = threading.Event()
-
-                def sample() -> None:
-                    while not sampling.is_set():
-                        peak[0] = max(peak[0], sum(_rss_kib(p) for p in _tree(daemon.pid)))
-                        sampling.wait(0.05)
-
-                th = threading.Thread(target=sample, daemon=True)
-                th.start()
-                try:
-                    deadline = time.monotonic() + TICK_DEADLINE + RUNS_DEADLINE
-                    runs: list = []
-                    while time.monotonic() < deadline:
-                        if daemon.poll() is not None:
-                            raise RuntimeError(f"daemon exited:\n{(tmp / 'daemon.log').read_text()[-3000:]}")
-                        runs = instance.get_runs(dg.RunsFilter(tags={"data_puller/trigger": "schedule"}))
-                        if runs and all(r.is_finished for r in runs) and done(instance):
-                            break
-                        time.sleep(0.5)
-                    else:
-                        raise RuntimeError(f"runs not finished: {[(r.run_id, r.status) for r in runs]}\n"
-                                           f"{(tmp / 'daemon.log').read_text()[-3000:]}")  # fmt: skip
-                    failed = [r.run_id for r in runs if r.status != dg.DagsterRunStatus.SUCCESS]
-                    if failed:
-                        raise RuntimeError(f"runs failed: {failed}\n{(tmp / 'daemon.log').read_text()[-3000:]}")
-                    records = instance.get_run_records(dg.RunsFilter(run_ids=[r.run_id for r in runs]))
-                    ticks = [t for state in instance.all_instigator_state() if state.name.endswith("_daily")
-                             for t in instance.get_ticks(state.instigator_origin_id, state.selector_id)]  # fmt: skip
-                    tick_ts = min(t.timestamp for t in ticks if t.run_ids)
-                    last_end = max(r.end_time for r in records)
-                    first_start = min(r.start_time for r in records)
-                finally:
-                    sampling.set()
-                    daemon.terminate()
+                with PeakTreeRss(daemon.pid, interval=0.05) as rss:
                     try:
-                        daemon.wait(30)
-                    except subprocess.TimeoutExpired:
-                        daemon.kill()
-                    log.close()
+                        deadline = time.monotonic() + TICK_DEADLINE + RUNS_DEADLINE
+                        runs: list = []
+                        while time.monotonic() < deadline:
+                            if daemon.poll() is not None:
+                                raise RuntimeError(f"daemon exited:\n{(tmp / 'daemon.log').read_text()[-3000:]}")
+                            runs = instance.get_runs(dg.RunsFilter(tags={"data_puller/trigger": "schedule"}))
+                            if runs and all(r.is_finished for r in runs) and done(instance):
+                                break
+                            time.sleep(0.5)
+                        else:
+                            raise RuntimeError(f"runs not finished: {[(r.run_id, r.status) for r in runs]}\n"
+                                               f"{(tmp / 'daemon.log').read_text()[-3000:]}")  # fmt: skip
+                        failed = [r.run_id for r in runs if r.status != dg.DagsterRunStatus.SUCCESS]
+                        if failed:
+                            raise RuntimeError(f"runs failed: {failed}\n{(tmp / 'daemon.log').read_text()[-3000:]}")
+                        records = instance.get_run_records(dg.RunsFilter(run_ids=[r.run_id for r in runs]))
+                        ticks = [t for state in instance.all_instigator_state() if state.name.endswith("_daily")
+                                 for t in instance.get_ticks(state.instigator_origin_id, state.selector_id)]  # fmt: skip
+                        tick_ts = min(t.timestamp for t in ticks if t.run_ids)
+                        last_end = max(r.end_time for r in records)
+                        first_start = min(r.start_time for r in records)
+                    finally:
+                        daemon.terminate()
+                        try:
+                            daemon.wait(30)
+                        except subprocess.TimeoutExpired:
+                            daemon.kill()
+                        log.close()
         took = last_end - tick_ts
         return [row(f"daemon: daily update, {len(symbols)} symbols 1m (+1h/4h/1d, enriched), 50 ms latency",
-                    len(symbols) * 1440, took, peak_rss_mb=peak[0] / 1024, target="< 30 s tick to last run end",
+                    len(symbols) * 1440, took, peak_rss_mb=rss.mib, target="< 30 s tick to last run end",
                     note=f"{len(runs)} runs; tick to first run start {first_start - tick_ts:.1f} s; "
-                         f"tree RSS {peak[0] / 1024:.0f} MiB")]  # fmt: skip
+                         f"tree RSS {rss.mib:.0f} MiB")]  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -25,7 +25,6 @@ process like `benchmarks.common.served`, so the server's Python work does not co
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import shutil
 import statistics
@@ -39,7 +38,7 @@ import orjson
 import pandas as pd
 
 from benchmarks.cli import REPO, measure
-from benchmarks.common import START, klines, row
+from benchmarks.common import START, in_child, klines, row
 
 DAYS = 366  # 2024 is a leap year: 527,040 candles
 LATENCY = 0.05
@@ -135,18 +134,9 @@ def _serve(periods: int, latency: float, q: Any, stop: Any) -> None:
 
 @contextmanager
 def served_standin(periods: int, latency: float = LATENCY) -> Iterator[str]:
-    """The stand-in in a forked child process (like benchmarks.common.served); yields its URL."""
-    ctx = mp.get_context("fork")
-    q, stop = ctx.Queue(), ctx.Event()
-    p = ctx.Process(target=_serve, args=(periods, latency, q, stop), daemon=True)
-    p.start()
-    try:
-        yield q.get(timeout=60)
-    finally:
-        stop.set()
-        p.join(10)
-        if p.is_alive():
-            p.terminate()
+    """The stand-in in a forked child process (benchmarks.common.in_child); yields its URL."""
+    with in_child(_serve, periods, latency) as url:
+        yield url
 
 
 # ------------------------------------------------------------------------------ the run
