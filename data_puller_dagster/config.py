@@ -35,7 +35,7 @@ from pydantic import (
     model_validator,
 )
 
-from data_puller_dagster import timeframes
+from data_puller_dagster import plugins, timeframes
 from data_puller_dagster.symbols import check_name, check_symbol, partition_key
 
 DEFAULT_CONFIG_PATH = "data_puller.yaml"
@@ -44,12 +44,10 @@ DEFAULT_BINANCE_ARCHIVE_URL = "https://data.binance.vision"
 DEFAULT_TWELVEDATA_BASE_URL = "https://api.twelvedata.com"
 
 AssetClass = Literal["crypto", "forex", "equity", "commodity", "index"]
-SourceName = Literal["binance", "twelvedata"]
 Layer = Literal["raw", "normalized", "quarantine", "derived", "enriched", "dataset"]
-DestinationName = Literal["parquet", "duckdb", "postgres", "csv", "jsonl"]
 LAYERS: tuple[str, ...] = typing.get_args(Layer)
 
-# Which asset classes each provider serves.
+# Which asset classes each built-in provider serves (a plug-in source declares its own `asset_classes`).
 SOURCE_ASSET_CLASSES: dict[str, tuple[str, ...]] = {
     "binance": ("crypto",),
     "twelvedata": ("forex", "equity", "commodity", "index"),
@@ -143,10 +141,21 @@ class TwelveDataSourceConfig(_Model):
 
 
 class SourcesConfig(_Model):
+    """Options per source type. Plug-in sources take theirs under their own name (`sources.<type>`),
+    validated by the type's `Options` model once it is imported (io/registry.py)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, validate_default=True)
     # Defaults are validated from {} (not built by a factory) so errors in values taken from the
     # environment (TWELVEDATA_API_KEY, ...) carry their full key path.
     binance: BinanceSourceConfig = Field(default_factory=dict)
     twelvedata: TwelveDataSourceConfig = Field(default_factory=dict)
+
+    def options_for(self, source: str) -> Any:
+        """The built-in source's validated model, or a plug-in source's raw options mapping."""
+        if source in type(self).model_fields:
+            return getattr(self, source)
+        extra = (self.model_extra or {}).get(source, {})
+        return extra if extra is not None else {}
 
 
 def _check_url(v: str) -> str:
@@ -190,7 +199,7 @@ class FeedConfig(_Model):
     """One feed per asset class: where candles come from, which symbols, from when."""
 
     name: str
-    source: SourceName
+    source: str = Field(description="A source type: binance, twelvedata or an installed plug-in source.")
     asset_class: AssetClass
     timeframe: TF = Field(description="Base timeframe pulled from the provider.")
     derived_timeframes: list[TF] = Field(default_factory=list, description="Built by resampling the base.")
@@ -210,6 +219,11 @@ class FeedConfig(_Model):
     @classmethod
     def _name(cls, v: str) -> str:
         return check_name(v, "feed name")
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        return _installed_type(plugins.SOURCE_GROUP, v)
 
     @field_validator("start_date")
     @classmethod
@@ -233,8 +247,8 @@ class FeedConfig(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> FeedConfig:
-        allowed = SOURCE_ASSET_CLASSES[self.source]
-        if self.asset_class not in allowed:
+        allowed = SOURCE_ASSET_CLASSES.get(self.source)  # plug-in sources: checked once imported
+        if allowed is not None and self.asset_class not in allowed:
             raise ValueError(
                 f"asset_class {self.asset_class!r} is not served by source {self.source!r}; "
                 f"use one of {', '.join(allowed)}"
@@ -389,11 +403,39 @@ class RouteMatch(_Model):
         return v
 
 
+class TransformSpec(BaseModel):
+    """A route's named transform (registered in `data_puller_dagster.transforms`) and its options.
+
+    Written `transform: backtest_ohlcv` or `transform: {type: columns, keep: [open, close]}`; the
+    options are validated by the transform type's own model (never code in YAML)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, v: Any) -> Any:
+        return {"type": v} if isinstance(v, str) else v
+
+    @field_validator("type")
+    @classmethod
+    def _installed(cls, v: str) -> str:
+        return _installed_type(plugins.TRANSFORM_GROUP, v)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
 class RouteConfig(_Model):
     id: str
     match: RouteMatch = Field(default_factory=RouteMatch)
-    destinations: list[DestinationName] = Field(min_length=1)
+    destinations: list[str] = Field(
+        min_length=1, description="Destination instances (names under destinations:) or type names."
+    )
     filter: list[RowFilter] = Field(default_factory=list)
+    transform: TransformSpec | None = Field(None, description="A registered transform applied before writing.")
+    batch_size: int | None = Field(None, ge=1, description="Rows per message batch for stream destinations.")
     enabled: bool = True
     on_error: Literal["fail", "warn"] = "fail"
 
@@ -402,9 +444,43 @@ class RouteConfig(_Model):
     def _id(cls, v: str) -> str:
         return check_name(v, "route id")
 
+    @field_validator("destinations")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        return [check_name(d, "destination name") for d in v]
+
 
 def _default_routes() -> list[RouteConfig]:
     return [RouteConfig(id="default", destinations=["parquet", "duckdb"])]
+
+
+def _installed_type(group: str, name: str) -> str:
+    check_name(name, f"{plugins._KIND_WORD[group]} type")
+    if not plugins.is_installed(group, name):
+        raise ValueError(
+            f"{name!r} is not an installed {plugins._KIND_WORD[group]} type; "
+            f"installed: {plugins.describe_installed(group)}"
+        )
+    return name
+
+
+class DestinationSpec(BaseModel):
+    """One named destination instance: its `type` and that type's options.
+
+    The options are validated by the type's own pydantic model (see io/registry.py) once the type's
+    module is imported, with the same `path: value: what is allowed` errors as the rest of the file."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: str
+
+    @field_validator("type")
+    @classmethod
+    def _installed(cls, v: str) -> str:
+        return _installed_type(plugins.DESTINATION_GROUP, v)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
 
 
 # ------------------------------------------------------------------------------------------- storage
@@ -423,7 +499,9 @@ class StorageConfig(_Model):
     csv_dir: Path | None = Field(None, description="Default <data_dir>/csv")
     jsonl_dir: Path | None = Field(None, description="Default <data_dir>/jsonl")
     datasets_dir: Path | None = Field(None, description="Default <data_dir>/datasets")
-    primary: Literal["parquet", "duckdb", "postgres"] = Field("parquet", description="Where inputs are read.")
+    primary: str = Field(
+        "parquet", description="The store inputs are read from: a destination instance or store type name."
+    )
 
     @field_validator("postgres_url", mode="before")
     @classmethod
@@ -536,6 +614,9 @@ class AppConfig(_Model):
     feeds: list[FeedConfig] = Field(min_length=1)
     indicators: IndicatorsConfig = Field(default_factory=IndicatorsConfig)
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    destinations: dict[str, DestinationSpec] = Field(
+        default_factory=dict, description="Named destination instances with options; routes refer to them."
+    )
     routes: list[RouteConfig] = Field(default_factory=_default_routes)
     runs: RunsConfig = Field(default_factory=RunsConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
@@ -551,20 +632,49 @@ class AppConfig(_Model):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ValueError(f"route ids must be unique; duplicated: {', '.join(dupes)}")
+        for name in self.destinations:
+            check_name(name, "destination name")
         for i, r in enumerate(self.routes):
             for f in r.match.feed or []:
                 if f not in names:
                     raise ValueError(
                         f"routes[{i}].match.feed: {f!r} is not a feed; use one of {', '.join(names)}"
                     )
-            if r.enabled and "postgres" in r.destinations and self.storage.postgres_url is None:
+            for j, d in enumerate(r.destinations):
+                self._check_destination_name(d, f"routes[{i}].destinations[{j}]")
+            if r.enabled and self._postgres_without_url(r.destinations):
                 raise ValueError(
                     f"routes[{i}] ({r.id}) sends to postgres but storage.postgres_url is not set; "
-                    "set DATA_PULLER_POSTGRES_URL or storage.postgres_url"
+                    "set DATA_PULLER_POSTGRES_URL or storage.postgres_url (or url: on the destination)"
                 )
-        if self.storage.primary == "postgres" and self.storage.postgres_url is None:
+        self._check_destination_name(self.storage.primary, "storage.primary")
+        if self._postgres_without_url([self.storage.primary]):
             raise ValueError("storage.primary is 'postgres' but storage.postgres_url is not set")
         return self
+
+    def _check_destination_name(self, name: str, where: str) -> None:
+        if name in self.destinations or plugins.is_installed(plugins.DESTINATION_GROUP, name):
+            return
+        declared = ", ".join(self.destinations) or "none"
+        raise ValueError(
+            f"{where}: {name!r} is neither a destination declared under destinations: ({declared}) nor an "
+            f"installed destination type ({plugins.describe_installed(plugins.DESTINATION_GROUP)})"
+        )
+
+    def _postgres_without_url(self, dests: list[str]) -> bool:
+        return self.storage.postgres_url is None and any(
+            self.destination_type(d) == "postgres"
+            and not (d in self.destinations and self.destinations[d].options.get("url"))
+            for d in dests
+        )
+
+    def destination_type(self, name: str) -> str:
+        """The type of a destination instance (a name not declared under destinations: is its type)."""
+        spec = self.destinations.get(name)
+        return spec.type if spec is not None else name
+
+    def destination_spec(self, name: str) -> DestinationSpec:
+        return self.destinations.get(name) or DestinationSpec(type=name)
 
     def dataset_for(self, feed: FeedConfig) -> DatasetConfig:
         """Dataset options as they apply to one feed (its own split dates, if it has them)."""
@@ -645,8 +755,8 @@ def _unwrap(tp: Any) -> list[Any]:
     return [tp]
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    model: type[BaseModel] | None = AppConfig
+def _model_at(loc: tuple[Any, ...], root: type[BaseModel] | None = None) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = root or AppConfig
     for part in loc:
         if isinstance(part, int):
             continue
@@ -658,10 +768,10 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return model
 
 
-def _is_secret(loc: tuple[Any, ...]) -> bool:
+def _is_secret(loc: tuple[Any, ...], root: type[BaseModel] | None = None) -> bool:
     """Is this location (or a key above it) a SecretStr field? Its value must never be printed."""
     for i, part in enumerate(loc):
-        model = _model_at(loc[:i])
+        model = _model_at(loc[:i], root)
         if model is not None and isinstance(part, str) and part in model.model_fields:
             if SecretStr in _unwrap(model.model_fields[part].annotation):
                 return True
@@ -682,16 +792,20 @@ def _secret_problem(path: str, e: Any, msg: str) -> str:
     )
 
 
-def render_errors(err: ValidationError) -> list[str]:
+def render_errors(
+    err: ValidationError, root: type[BaseModel] | None = None, prefix: tuple[Any, ...] = ()
+) -> list[str]:
+    """`path: problem` lines for a validation error of AppConfig, or of `root` (a plug-in's options
+    model) found at `prefix` in the file (e.g. ("destinations", "live"))."""
     problems = []
     for e in err.errors(include_url=False):
         loc = tuple(e["loc"])
-        path = _loc_path(loc)
+        path = _loc_path(prefix + loc)
         msg = e["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        if e["type"] not in ("extra_forbidden", "missing") and _is_secret(loc):
+        if e["type"] not in ("extra_forbidden", "missing") and _is_secret(loc, root):
             problems.append(_secret_problem(path, e, msg))
         elif e["type"] == "extra_forbidden":
-            parent = _model_at(loc[:-1])
+            parent = _model_at(loc[:-1], root)
             allowed = f"; allowed keys here: {', '.join(parent.model_fields)}" if parent else ""
             problems.append(f"{path}: unknown key (check its spelling){allowed}")
         elif e["type"] == "missing":
@@ -734,9 +848,16 @@ def parse_config(data: Any, source: str = "configuration", env: typing.Mapping[s
     except ConfigError as e:
         raise ConfigError(e.problems, source) from None
     try:
-        return AppConfig.model_validate(data)
+        cfg = AppConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(render_errors(e), source) from None
+    # Plug-in options are validated by each type's own model, which needs its module imported.
+    from data_puller_dagster.io.registry import plugin_problems
+
+    problems = plugin_problems(cfg)
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
 
 
 def load_config(path: str | Path | None = None) -> AppConfig:

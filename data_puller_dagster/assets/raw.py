@@ -25,6 +25,7 @@ from data_puller_dagster.sources import (
     UnreachableError,
     build_adapter,
     raw_empty,
+    raw_layout,
 )
 from data_puller_dagster.sources.bans import BanStore, InstanceBanMirror, ban_key
 
@@ -137,7 +138,7 @@ def build_raw_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition:
                 f"{fb.symbol} {fb.timeframe} {fb.day}: archive file not used ({fb.reason}); the day was "
                 "fetched over REST instead"
             )
-        df = pd.concat(frames, ignore_index=True) if frames else raw_empty(feed.source)
+        df = pd.concat(frames, ignore_index=True) if frames else raw_empty(raw_layout(feed.source))
         # A day partition can only hold its own candles. Rows the provider sent for other times are
         # counted and logged (they mean the response did not match the request), not stored here.
         inside = df["ts"].isna() | ((df["ts"] >= window.start_ts) & (df["ts"] < window.end_ts))

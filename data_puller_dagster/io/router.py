@@ -14,9 +14,10 @@ from typing import Any
 import pandas as pd
 
 from data_puller_dagster.config import AppConfig, RouteConfig, RowFilter
-from data_puller_dagster.io.destinations.base import Destination
+from data_puller_dagster.io.destinations.base import Destination, StreamDestination
 from data_puller_dagster.io.errors import DestinationWriteError, RoutingError, StorageError
 from data_puller_dagster.io.frames import CheckedFrame, check_frame
+from data_puller_dagster.io.registry import build_destination, build_transform
 from data_puller_dagster.io.tables import PartitionSlice, TableRef
 
 log = logging.getLogger(__name__)
@@ -50,36 +51,6 @@ class WriteSummary:
     @property
     def rows_by_destination(self) -> dict[str, int]:
         return {f"{r.route}/{r.destination}": r.rows for r in self.results if r.ok}
-
-
-def build_destination(cfg: AppConfig, name: str) -> Destination:
-    """The destination object for a config destination name."""
-    st = cfg.storage
-    if name == "parquet":
-        from data_puller_dagster.io.destinations.parquet_store import ParquetDestination
-
-        return ParquetDestination(st.parquet_location)
-    if name == "duckdb":
-        from data_puller_dagster.io.destinations.duckdb_store import DuckDBDestination
-
-        return DuckDBDestination(st.duckdb_file)
-    if name == "postgres":
-        from data_puller_dagster.io.destinations.postgres_store import PostgresDestination
-
-        if st.postgres_url is None:
-            raise RoutingError(
-                "destination postgres needs storage.postgres_url (or DATA_PULLER_POSTGRES_URL)"
-            )
-        return PostgresDestination(st.postgres_url, st.postgres_schema_prefix)
-    if name == "csv":
-        from data_puller_dagster.io.destinations.files_store import CSVDestination
-
-        return CSVDestination(st.csv_location)
-    if name == "jsonl":
-        from data_puller_dagster.io.destinations.files_store import JSONLDestination
-
-        return JSONLDestination(st.jsonl_location)
-    raise RoutingError(f"unknown destination {name!r}; use parquet, duckdb, postgres, csv or jsonl")
 
 
 def route_matches(route: RouteConfig, table: TableRef) -> bool:
@@ -140,14 +111,51 @@ def filter_mask(df: pd.DataFrame, filters: list[RowFilter], where: str = "") -> 
 class Router:
     """Sends each table slice to every matching enabled route's destinations; reads from the primary."""
 
-    def __init__(self, cfg: AppConfig, destinations: dict[str, Destination] | None = None):
+    def __init__(
+        self, cfg: AppConfig, destinations: dict[str, Destination | StreamDestination] | None = None
+    ):
         self.cfg = cfg
-        self._destinations: dict[str, Destination] = dict(destinations or {})
+        self._destinations: dict[str, Destination | StreamDestination] = dict(destinations or {})
+        self._transforms: dict[str, tuple[Any, Any]] = {}
 
-    def destination(self, name: str) -> Destination:
+    def destination(self, name: str) -> Destination | StreamDestination:
+        """The instance named `name` (declared under destinations:, or a bare type), built once."""
         if name not in self._destinations:
             self._destinations[name] = build_destination(self.cfg, name)
         return self._destinations[name]
+
+    def store(self, name: str) -> Destination:
+        dest = self.destination(name)
+        if not hasattr(dest, "read"):
+            raise RoutingError(f"destination {name!r} is a stream; only stores can be read back")
+        return dest  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Close the stream destinations' connections (stores hold none between calls)."""
+        for dest in self._destinations.values():
+            close = getattr(dest, "close", None)
+            if callable(close):
+                close()
+
+    def _transformed(self, route: RouteConfig, df: pd.DataFrame, table: TableRef) -> pd.DataFrame:
+        if route.transform is None:
+            return df
+        if route.id not in self._transforms:
+            i = self.cfg.routes.index(route)
+            self._transforms[route.id] = build_transform(route.transform, (f"routes[{i}]", "transform"))
+        cls, options = self._transforms[route.id]
+        try:
+            return cls.apply(df, table, options)
+        except (KeyError, ValueError, TypeError) as e:
+            raise RoutingError(f"transform {route.transform.type!r} failed: {type(e).__name__}: {e}") from None
+
+    def _send(
+        self, route: RouteConfig, name: str, table: TableRef, df: pd.DataFrame, part: PartitionSlice
+    ) -> dict[str, Any]:
+        dest = self.destination(name)
+        if hasattr(dest, "publish"):
+            return dest.publish(table, df, part, route.batch_size)  # type: ignore[union-attr]
+        return dest.write(table, df, part)  # type: ignore[union-attr]
 
     def routes_for(self, table: TableRef) -> list[RouteConfig]:
         """Enabled routes whose match takes this table, in config order."""
@@ -172,6 +180,8 @@ class Router:
                     sub = sub[sub["symbol"].isin(route.match.symbol)]
                 if route.filter:
                     sub = sub[filter_mask(sub, route.filter, where)]
+                if route.transform is not None:  # a new frame: checked again against the contract
+                    sub = check_frame(table, self._transformed(route, sub, table), sub_part)
             except StorageError as e:
                 self._fail_or_warn(summary, route, "*", where, e)
                 continue
@@ -179,7 +189,7 @@ class Router:
             for name in route.destinations:
                 try:
                     with frame.active():
-                        md = self.destination(name).write(table, sub, sub_part)
+                        md = self._send(route, name, table, sub, sub_part)
                 except Exception as e:  # noqa: BLE001 - policy decides; fail re-raises below
                     self._fail_or_warn(summary, route, name, where, e)
                     continue
@@ -204,7 +214,7 @@ class Router:
 
     def read(self, table: TableRef, part: PartitionSlice) -> pd.DataFrame:
         """The slice from storage.primary, in one query or dataset scan."""
-        return self.destination(self.cfg.storage.primary).read(table, part)
+        return self.store(self.cfg.storage.primary).read(table, part)
 
     def validate(self, tables: list[TableRef], read_downstream: list[TableRef] | None = None) -> None:
         """Raise RoutingError listing every table the routes cannot serve.
@@ -220,7 +230,8 @@ class Router:
             t
             for t in (read_downstream if read_downstream is not None else tables)
             if not any(
-                primary in r.destinations and not r.filter and r.match.symbol is None for r in self.routes_for(t)
+                primary in r.destinations and not r.filter and r.match.symbol is None and r.transform is None
+                for r in self.routes_for(t)
             )
         ]
         if starved:
@@ -228,7 +239,7 @@ class Router:
             problems[
                 "read by downstream assets but no enabled route sends them to the primary store "
                 f"{primary!r} unfiltered for all symbols; add {primary!r} to a route matching layer(s) "
-                f"{layers} without filter/symbol restrictions"
+                f"{layers} without filter/symbol restrictions or transform"
             ] = [t.qualified for t in starved]
         for t in tables:
             seen: dict[str, str] = {}

@@ -7,6 +7,8 @@ from data_puller_dagster.sources.base import (
     SourceAdapter,
     build_adapter,
     raw_empty,
+    raw_layout,
+    source_class,
 )
 from data_puller_dagster.sources.errors import (
     AuthenticationError,
@@ -38,4 +40,6 @@ __all__ = [
     "UnreachableError",
     "build_adapter",
     "raw_empty",
+    "raw_layout",
+    "source_class",
 ]

@@ -16,7 +16,7 @@ frames keep "string".
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -78,31 +78,36 @@ class SourceAdapter(Protocol):
     def close(self) -> None: ...
 
 
-def raw_empty(provider: str) -> pd.DataFrame:
-    """Zero-row raw frame with the exact dtypes of `provider` ("binance" or "twelvedata")."""
-    if provider not in RAW_DTYPES:
-        raise ValueError(f"unknown provider {provider!r}; use one of {', '.join(RAW_DTYPES)}")
-    return pd.DataFrame({c: pd.Series(dtype=d) for c, d in RAW_DTYPES[provider].items()})
+def raw_empty(layout: str) -> pd.DataFrame:
+    """Zero-row raw frame with the exact dtypes of a raw layout ("binance" or "twelvedata")."""
+    if layout not in RAW_DTYPES:
+        raise ValueError(f"unknown raw layout {layout!r}; use one of {', '.join(RAW_DTYPES)}")
+    return pd.DataFrame({c: pd.Series(dtype=d) for c, d in RAW_DTYPES[layout].items()})
+
+
+def source_class(source: str) -> Any:
+    """The adapter class registered for a source type (entry-point group data_puller_dagster.sources).
+
+    A source plug-in's class carries `Options` (its pydantic options model, read from
+    `sources.<type>`), `asset_classes`, `raw_layout` (which raw layout its frames use: "binance", or
+    "twelvedata" for the generic `datetime, open, high, low, close, volume` text layout, so the
+    normalizer's rules apply unchanged) and `from_options(options, cfg)`."""
+    from data_puller_dagster import plugins
+
+    return plugins.load(plugins.SOURCE_GROUP, source)
+
+
+def raw_layout(source: str) -> str:
+    return source if source in RAW_DTYPES else str(source_class(source).raw_layout)
 
 
 def build_adapter(cfg: AppConfig, feed: FeedConfig) -> SourceAdapter:
-    """The adapter for `feed.source`, configured from `cfg.sources` (one HTTP session per adapter).
-
-    Binance bans are persisted under `<storage.data_dir>/.state/bans.json` so every process of the
-    deployment (step retries, daemon runs, CLI commands) honours them (see sources/bans.py).
-    """
-    if feed.source == "binance":
-        from data_puller_dagster.sources.bans import BanStore
-        from data_puller_dagster.sources.binance import BinanceAdapter
-
-        return BinanceAdapter.from_config(
-            cfg.sources.binance, bans=BanStore.for_data_dir(cfg.storage.data_dir)
-        )
-    if feed.source == "twelvedata":
-        from data_puller_dagster.sources.twelvedata import TwelveDataAdapter
-
-        return TwelveDataAdapter.from_config(cfg.sources.twelvedata)
-    raise ValueError(f"feed {feed.name!r}: unknown source {feed.source!r}; use binance or twelvedata")
+    """The adapter for `feed.source`, configured from `sources.<type>` (one HTTP session per adapter)."""
+    cls = source_class(feed.source)
+    options = cfg.sources.options_for(feed.source)
+    if not isinstance(options, cls.Options):
+        options = cls.Options.model_validate(options)
+    return cls.from_options(options, cfg)
 
 
 def check_range(

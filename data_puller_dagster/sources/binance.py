@@ -22,6 +22,7 @@ import pyarrow as pa
 import requests
 
 from data_puller_dagster import timeframes
+from data_puller_dagster.config import AppConfig, BinanceSourceConfig
 from data_puller_dagster.sources.bans import BanStore, ban_key
 from data_puller_dagster.sources.base import (
     BINANCE_RAW_DTYPES,
@@ -49,7 +50,6 @@ from data_puller_dagster.sources.http import (
 from data_puller_dagster.sources.ratelimit import MinuteBudget, shared_budget
 
 if TYPE_CHECKING:
-    from data_puller_dagster.config import BinanceSourceConfig
     from data_puller_dagster.sources.binance_archive import BinanceArchive
 
 log = logging.getLogger("data_puller_dagster.sources")
@@ -459,6 +459,18 @@ class BinanceAdapter:
     """
 
     provider = PROVIDER
+    # The source plug-in contract (sources/base.py source_class): registered as entry point `binance`.
+    Options = BinanceSourceConfig
+    asset_classes = ("crypto",)
+    raw_layout = "binance"
+
+    @classmethod
+    def from_options(cls, options: BinanceSourceConfig, cfg: AppConfig) -> BinanceAdapter:
+        """Bans are persisted under `<storage.data_dir>/.state/bans.json` so every process of the
+        deployment (step retries, daemon runs, CLI commands) honours them (see sources/bans.py)."""
+        from data_puller_dagster.sources.bans import BanStore
+
+        return cls.from_config(options, bans=BanStore.for_data_dir(cfg.storage.data_dir))
 
     def __init__(self, rest: BinanceRest, archive: BinanceArchive | None = None):
         self.rest = rest

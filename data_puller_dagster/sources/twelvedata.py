@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import numpy as np
@@ -28,6 +28,7 @@ import pandas as pd
 import requests
 
 from data_puller_dagster import timeframes
+from data_puller_dagster.config import AppConfig, TwelveDataSourceConfig
 from data_puller_dagster.sources.base import add_provenance, check_range, raw_empty
 from data_puller_dagster.sources.errors import (
     AuthenticationError,
@@ -39,9 +40,6 @@ from data_puller_dagster.sources.errors import (
 from data_puller_dagster.sources.http import Decision, Done, Fail, HttpClient, Retry, fetch_pages, redact
 from data_puller_dagster.sources.ratelimit import MinuteBudget, shared_budget
 from data_puller_dagster.symbols import partition_key
-
-if TYPE_CHECKING:
-    from data_puller_dagster.config import TwelveDataSourceConfig
 
 PROVIDER = "twelvedata"
 # Project timeframe -> Twelve Data interval: the one place these names are mapped.
@@ -134,6 +132,15 @@ class TwelveDataAdapter:
             connect_timeout=connect_timeout, max_retry_seconds=max_retry_seconds,
             url_setting="sources.twelvedata.base_url (TWELVEDATA_BASE_URL)",
         )  # fmt: skip
+
+    # The source plug-in contract (sources/base.py source_class): registered as entry point `twelvedata`.
+    Options = TwelveDataSourceConfig
+    asset_classes = ("forex", "equity", "commodity", "index")
+    raw_layout = "twelvedata"
+
+    @classmethod
+    def from_options(cls, options: TwelveDataSourceConfig, cfg: AppConfig) -> TwelveDataAdapter:
+        return cls.from_config(options)
 
     @classmethod
     def from_config(cls, c: TwelveDataSourceConfig, **overrides: Any) -> TwelveDataAdapter:

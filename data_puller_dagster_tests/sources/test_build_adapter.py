@@ -48,5 +48,5 @@ def test_demo_feeds_through_build_adapter() -> None:
 
 
 def test_raw_empty_unknown_provider() -> None:
-    with pytest.raises(ValueError, match="unknown provider 'kraken'"):
+    with pytest.raises(ValueError, match="unknown raw layout 'kraken'"):
         raw_empty("kraken")

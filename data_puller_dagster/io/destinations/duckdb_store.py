@@ -15,12 +15,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import duckdb
 import pandas as pd
 import pyarrow as pa
+from pydantic import Field
 
+from data_puller_dagster.io.destinations.base import DestinationKind, DestinationOptions
 from data_puller_dagster.io.errors import LockTimeoutError, SchemaDriftError
 from data_puller_dagster.io.frames import (
     NAT_LAYERS,
@@ -37,6 +39,9 @@ from data_puller_dagster.io.frames import (
 )
 from data_puller_dagster.io.tables import PartitionSlice, TableRef
 
+if TYPE_CHECKING:
+    from data_puller_dagster.config import StorageConfig
+
 T = TypeVar("T")
 DEFAULT_LOCK_TIMEOUT = 300.0
 COMMENT_PREFIX = "data_puller dtypes: "
@@ -52,10 +57,24 @@ def _is_lock_error(e: Exception) -> bool:
     return isinstance(e, duckdb.IOException) and ("lock" in text or "conflicting" in text)
 
 
+class DuckDBOptions(DestinationOptions):
+    path: Path | None = Field(None, description="The DuckDB file; default storage.duckdb_path")
+    lock_timeout_seconds: float = Field(
+        DEFAULT_LOCK_TIMEOUT, gt=0, description="How long a write waits for another process's lock."
+    )
+
+
 class DuckDBDestination:
     """Tables in a DuckDB file; partitions replaced with DELETE + INSERT in one transaction."""
 
     name = "duckdb"
+    kind: ClassVar[DestinationKind] = "store"
+    Options = DuckDBOptions
+
+    @classmethod
+    def from_options(cls, options: DuckDBOptions, storage: StorageConfig) -> DuckDBDestination:
+        path = options.path.expanduser().absolute() if options.path else storage.duckdb_file
+        return cls(path, options.lock_timeout_seconds)
 
     def __init__(self, path: str | Path, lock_timeout: float = DEFAULT_LOCK_TIMEOUT):
         self.path = Path(path)

@@ -23,13 +23,15 @@ import re
 from collections.abc import Callable, Collection
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
+from pydantic import Field
 
+from data_puller_dagster.io.destinations.base import DestinationKind, DestinationOptions
 from data_puller_dagster.io.destinations.staging import staging_token, sweep_local
 from data_puller_dagster.io.errors import SchemaDriftError, StorageError
 from data_puller_dagster.io.frames import (
@@ -45,6 +47,9 @@ from data_puller_dagster.io.frames import (
 )
 from data_puller_dagster.io.tables import PartitionSlice, TableRef
 
+if TYPE_CHECKING:
+    from data_puller_dagster.config import StorageConfig
+
 DTYPES_FILE = "_dtypes.json"
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}\.(csv|jsonl)$")
 _ARROW_TYPE = {
@@ -57,11 +62,25 @@ _ARROW_TYPE = {
 }
 
 
+class FilesOptions(DestinationOptions):
+    dir: Path | None = Field(None, description="Root directory; default storage.csv_dir / storage.jsonl_dir")
+
+
 class _FileDestination:
     """Shared staging, renaming and dtype bookkeeping of the per-day file destinations."""
 
     name = ""
     suffix = ""
+    kind: ClassVar[DestinationKind] = "store"
+    Options = FilesOptions
+
+    @classmethod
+    def _default_root(cls, storage: StorageConfig) -> Path:
+        raise NotImplementedError
+
+    @classmethod
+    def from_options(cls, options: FilesOptions, storage: StorageConfig) -> _FileDestination:
+        return cls(options.dir.expanduser().absolute() if options.dir else cls._default_root(storage))
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -177,6 +196,10 @@ class CSVDestination(_FileDestination):
     name = "csv"
     suffix = ".csv"
 
+    @classmethod
+    def _default_root(cls, storage: StorageConfig) -> Path:
+        return storage.csv_location
+
     def _encoder(
         self, table: TableRef, df: pd.DataFrame, order: np.ndarray | None
     ) -> Callable[[int, int], bytes]:
@@ -206,6 +229,10 @@ class JSONLDestination(_FileDestination):
 
     name = "jsonl"
     suffix = ".jsonl"
+
+    @classmethod
+    def _default_root(cls, storage: StorageConfig) -> Path:
+        return storage.jsonl_location
 
     def _encoder(
         self, table: TableRef, df: pd.DataFrame, order: np.ndarray | None

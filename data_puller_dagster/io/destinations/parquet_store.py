@@ -26,7 +26,7 @@ from collections.abc import Callable, Collection
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import fsspec
 import pandas as pd
@@ -34,7 +34,9 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+from pydantic import Field
 
+from data_puller_dagster.io.destinations.base import DestinationKind, DestinationOptions
 from data_puller_dagster.io.destinations.staging import is_stale_temp, staging_token, sweep_local
 from data_puller_dagster.io.errors import SchemaDriftError
 from data_puller_dagster.io.frames import (
@@ -49,6 +51,9 @@ from data_puller_dagster.io.frames import (
     to_arrow,
 )
 from data_puller_dagster.io.tables import PartitionSlice, TableRef
+
+if TYPE_CHECKING:
+    from data_puller_dagster.config import StorageConfig
 
 SYMBOL_DIR = "symbol_key"
 DATE_DIR = "date"
@@ -91,10 +96,23 @@ def _filesystem(root: str) -> tuple[pafs.FileSystem, str]:
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path.rstrip("/")
 
 
+class ParquetOptions(DestinationOptions):
+    root: str | None = Field(None, description="Local path or fsspec URL; default storage.parquet_root")
+
+
 class ParquetDestination:
     """Hive-partitioned Parquet (zstd), one file per symbol x UTC day."""
 
     name = "parquet"
+    kind: ClassVar[DestinationKind] = "store"
+    Options = ParquetOptions
+
+    @classmethod
+    def from_options(cls, options: ParquetOptions, storage: StorageConfig) -> ParquetDestination:
+        if options.root is None:
+            return cls(storage.parquet_location)
+        root = options.root
+        return cls(root.rstrip("/") if "://" in root else str(Path(root).expanduser().absolute()))
 
     def __init__(self, root: str):
         self.root = root

@@ -19,7 +19,7 @@ import json
 import queue
 import re
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
 import psycopg2
@@ -27,8 +27,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from psycopg2 import sql
-from pydantic import SecretStr
+from pydantic import Field, SecretStr, field_validator
 
+from data_puller_dagster.io.destinations.base import DestinationKind, DestinationOptions
 from data_puller_dagster.io.errors import SchemaDriftError, StorageError
 from data_puller_dagster.io.frames import (
     NAT_LAYERS,
@@ -46,6 +47,9 @@ from data_puller_dagster.io.frames import (
 )
 from data_puller_dagster.io.tables import PartitionSlice, TableRef
 from data_puller_dagster.symbols import check_name
+
+if TYPE_CHECKING:
+    from data_puller_dagster.config import StorageConfig
 
 COMMENT_PREFIX = "data_puller dtypes: "
 COPY_CHUNK_ROWS = 65_536  # rows of CSV encoded per chunk while the server ingests the previous one
@@ -75,10 +79,35 @@ class PostgresError(StorageError):
     """A Postgres operation failed; the message is scrubbed of the connection URL's credentials."""
 
 
+class PostgresOptions(DestinationOptions):
+    url: SecretStr | None = Field(None, description="postgresql://user:pass@host/db; default storage.postgres_url")
+    schema_prefix: str | None = Field(None, description="Schema name prefix; default storage.postgres_schema_prefix")
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return None if v in ("", None) else v
+
+    @field_validator("schema_prefix")
+    @classmethod
+    def _prefix(cls, v: str | None) -> str | None:
+        return check_name(v, "schema_prefix") if v else v
+
+
 class PostgresDestination:
     """Tables in a Postgres database; partitions replaced with DELETE + COPY in one transaction."""
 
     name = "postgres"
+    kind: ClassVar[DestinationKind] = "store"
+    Options = PostgresOptions
+
+    @classmethod
+    def from_options(cls, options: PostgresOptions, storage: StorageConfig) -> PostgresDestination:
+        url = options.url or storage.postgres_url
+        if url is None:
+            raise StorageError("destination postgres needs url: or storage.postgres_url (or DATA_PULLER_POSTGRES_URL)")
+        prefix = options.schema_prefix if options.schema_prefix is not None else storage.postgres_schema_prefix
+        return cls(url, prefix)
 
     def __init__(self, url: SecretStr | str, schema_prefix: str = ""):
         self._url = url if isinstance(url, SecretStr) else SecretStr(url)
