@@ -49,7 +49,6 @@ _EXTRA_COLUMNS: dict[str, dict[str, tuple[str, str]]] = {
     },
 }
 _CANONICAL_LAYERS = ("normalized", "quarantine", "derived")
-_STORAGE_KINDS = ("parquet", "duckdb", "postgres", "csv", "jsonl")
 
 
 def destinations_for(cfg: AppConfig, feed: FeedConfig, layer: str, timeframe: str) -> list[str]:
@@ -63,7 +62,8 @@ def destinations_for(cfg: AppConfig, feed: FeedConfig, layer: str, timeframe: st
 
 
 def storage_kinds(cfg: AppConfig, feed: FeedConfig, layer: str, timeframe: str) -> set[str]:
-    return {d for d in destinations_for(cfg, feed, layer, timeframe) if d in _STORAGE_KINDS}
+    """The destination types (parquet, duckdb, redis_stream, ...) this layer is routed to: Dagster's kinds."""
+    return {cfg.destination_type(d) for d in destinations_for(cfg, feed, layer, timeframe)}
 
 
 def catalog_tags(feed: FeedConfig, layer: str, timeframe: str) -> dict[str, str]:
@@ -86,16 +86,23 @@ def catalog_metadata(cfg: AppConfig, feed: FeedConfig, layer: str, timeframe: st
     dests = destinations_for(cfg, feed, layer, timeframe)
     name = table_name(layer, timeframe)
     tables: dict[str, str] = {}
-    if "duckdb" in dests:
-        tables["duckdb"] = f"{feed.name}.{name}"
-    if "postgres" in dests:
-        tables["postgres"] = f"{cfg.storage.postgres_schema_prefix}{feed.name}.{name}"
+    uri: str | None = None
+    for d in dests:
+        kind, options = cfg.destination_type(d), cfg.destination_spec(d).options
+        if kind == "duckdb":
+            tables.setdefault(d, f"{feed.name}.{name}")
+        elif kind == "postgres":
+            prefix = options.get("schema_prefix") or cfg.storage.postgres_schema_prefix
+            tables.setdefault(d, f"{prefix}{feed.name}.{name}")
+        elif kind == "parquet" and uri is None:
+            root = str(options.get("root") or cfg.storage.parquet_location)
+            uri = redact_url(f"{root.rstrip('/')}/{feed.name}/{name}")
     if tables:
         # The table SQL users query: the primary store's when it is a database, else the first one.
         md["dagster/table_name"] = tables.get(cfg.storage.primary) or next(iter(tables.values()))
         md["data_puller/tables"] = dg.MetadataValue.json(tables)
-    if "parquet" in dests:
-        md["dagster/uri"] = redact_url(f"{cfg.storage.parquet_location.rstrip('/')}/{feed.name}/{name}")
+    if uri is not None:
+        md["dagster/uri"] = uri
     schema = column_schema(layer)
     if schema is not None:
         md["dagster/column_schema"] = schema
