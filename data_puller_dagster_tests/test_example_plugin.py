@@ -148,9 +148,9 @@ def test_installed_source_plugin_feeds_the_pipeline(tmp_path, plugin_site, fixtu
     assert run.returncode == 0, run.stderr[-3000:]
     import duckdb
 
-    got = duckdb.sql(
-        f"SELECT ts, close, source FROM read_parquet('{tmp_path}/data/parquet/fx/normalized_ohlcv_1h/**/*.parquet', "
-        "hive_partitioning=true) ORDER BY ts"
+    glob = f"{tmp_path}/data/parquet/fx/normalized_ohlcv_1h/**/*.parquet"
+    got = duckdb.execute(
+        "SELECT ts, close, source FROM read_parquet(?, hive_partitioning=true) ORDER BY ts", [glob]
     ).df()
     want = real[pd.to_datetime(real.iloc[:, 0]).dt.date.astype(str) == day]
     assert len(got) == len(want) > 0
