@@ -1,0 +1,205 @@
+"""Redis streams destination: one stream per (feed, table, symbol), one entry per candle.
+
+Entry id `<ts ms>-0` (the candle's open time), fields `id` (the deterministic message id, see
+stream_base) and `data` (the candle's JSON). Why explicit ids: Redis itself then refuses a second
+copy of a candle (XADD rejects an id at or below the stream's last id), so a retried Dagster step
+cannot make a consumer see a candle twice. Publishing reads each stream's last id once (XINFO STREAM,
+one round trip for all streams of the slice) and sends only the newer candles; an XADD that is
+refused all the same (another publisher got there first) counts as already published.
+
+The consequence, by Redis' design: a stream only grows forward in time. Candles at or before the
+stream's last entry are never added later (a backfill of older days, a re-fetched day with corrected
+values); they are counted in `skipped_rows`. Delete the stream (or use another template) to republish
+history.
+
+Each batch of `batch_size` XADDs is one MULTI/EXEC pipeline: one round trip, and a consumer never
+sees half a batch. `maxlen` trims each stream approximately (`MAXLEN ~`), which is cheap for Redis.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+import numpy as np
+import redis
+from pydantic import Field, SecretStr, field_validator
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from data_puller_dagster.io.destinations.stream_base import (
+    Messages,
+    StreamBase,
+    StreamOptions,
+    StreamPublishError,
+    StreamUnreachableError,
+    batches,
+    check_template,
+    name_values,
+    render_name,
+    shown_url,
+)
+from data_puller_dagster.io.errors import StorageError
+from data_puller_dagster.io.tables import TableRef
+
+STREAM_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,200}")
+_PLACEHOLDERS = ("feed", "table", "symbol_key", "timeframe")
+_ID_TOO_SMALL = "equal or smaller than the target stream top item"
+
+
+class RedisStreamOptions(StreamOptions):
+    url: SecretStr = Field(
+        SecretStr("redis://127.0.0.1:6379/0"),
+        description="redis://[:password@]host:port/db or rediss:// (TLS); the password is never shown",
+    )
+    stream: str = Field(
+        "{feed}:{table}:{symbol_key}",
+        description="Stream key template: {feed}, {table}, {symbol_key} (required), {timeframe}",
+    )
+    maxlen: int | None = Field(
+        None, gt=0, description="Trim each stream to about this many entries (MAXLEN ~); none: keep all"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: SecretStr) -> SecretStr:
+        url = v.get_secret_value()
+        shown = shown_url(url)
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a non-numeric or out-of-range port
+        except ValueError as e:
+            raise ValueError(f"url {shown!r} is not a valid Redis URL ({e}); use redis://host:6379/0") from None
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise ValueError(f"url {shown!r} is not a Redis URL; use redis://host:6379/0 or rediss://host:6380/0")
+        if parts.path.strip("/") and not parts.path.strip("/").isdigit():
+            raise ValueError(f"url {shown!r}: the path must be a database number, e.g. /0")
+        return v
+
+    @field_validator("stream")
+    @classmethod
+    def _stream(cls, v: str) -> str:
+        # Entry ids are candle times, so two symbols in one stream would collide: {symbol_key} is required.
+        return check_template(v, _PLACEHOLDERS, "stream name", STREAM_NAME, required=("symbol_key",))
+
+
+class RedisStreamDestination(StreamBase):
+    """Publishes candles to Redis streams with candle-time entry ids (no duplicates on re-publish)."""
+
+    name: ClassVar[str] = "redis_stream"
+    Options: ClassVar[type[RedisStreamOptions]] = RedisStreamOptions
+    options: RedisStreamOptions
+
+    def __init__(self, options: RedisStreamOptions):
+        super().__init__(options)
+        self._shown = shown_url(options.url.get_secret_value())
+        self._client: redis.Redis | None = None
+
+    def _redis(self) -> redis.Redis:
+        if self._client is None:
+            self._client = redis.Redis.from_url(
+                self.options.url.get_secret_value(),
+                socket_connect_timeout=self.options.connect_timeout_seconds,
+                socket_timeout=self.options.timeout_seconds,
+                retry=Retry(NoBackoff(), 0),  # fail fast: Dagster's retry policy decides about retries
+                client_name="data-puller-dagster",
+            )
+        return self._client
+
+    def stream_name(self, table: TableRef, key: str) -> str:
+        return render_name(self.options.stream, name_values(table, key), "stream name", STREAM_NAME)
+
+    def _send(self, table: TableRef, messages: Messages, batch_size: int) -> dict[str, Any]:
+        streams = [self.stream_name(table, key) for key, _, _, _ in messages.runs]
+        md: dict[str, Any] = {"location": f"{self._shown} {self.options.stream}", "streams": streams}
+        if not len(messages):
+            return {**md, "published": 0, "skipped_rows": 0, "batches": 0}
+        try:
+            return {**md, **self._xadd(messages, streams, batch_size)}
+        except redis.AuthenticationError:
+            raise StreamUnreachableError(
+                f"redis_stream: {self._shown} refused the credentials (password not shown); fix the url"
+            ) from None
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            raise StreamUnreachableError(
+                f"redis_stream: cannot reach {self._shown}: {self._cause(e)}; check the destination's url "
+                "or start Redis"
+            ) from None
+
+    def _xadd(self, messages: Messages, streams: list[str], batch_size: int) -> dict[str, Any]:
+        r = self._redis()
+        last = self._last_ms(r, streams)
+        # Rows newer than their stream's last entry, found per symbol by one binary search (ts sorted).
+        send = np.concatenate(
+            [
+                np.arange(a + int(np.searchsorted(messages.ts_ms[a:b], top, side="right")), b)
+                for (_, _, a, b), top in zip(messages.runs, last, strict=True)
+            ]
+        )
+        stream_of = np.repeat(np.arange(len(streams)), [b - a for _, _, a, b in messages.runs])
+        maxlen = self.options.maxlen
+        published = refused = n_batches = 0
+        for rows in batches(send, batch_size):
+            pipe = r.pipeline(transaction=True)
+            for i in rows.tolist():
+                pipe.xadd(
+                    streams[stream_of[i]],
+                    {"id": messages.ids[i], "data": messages.payloads[i]},
+                    id=f"{messages.ts_ms[i]}-0",
+                    maxlen=maxlen,
+                    approximate=True,
+                )
+            results = pipe.execute(raise_on_error=False)
+            n_batches += 1
+            for res in results:
+                if isinstance(res, redis.ResponseError):
+                    if _ID_TOO_SMALL not in str(res):
+                        raise StreamPublishError(f"redis_stream: XADD failed: {res}")
+                    refused += 1  # another publisher added this candle first
+                elif isinstance(res, Exception):
+                    raise res
+                else:
+                    published += 1
+        return {
+            "published": published,
+            "skipped_rows": len(messages) - published,
+            "refused_as_duplicate": refused,
+            "batches": n_batches,
+        }
+
+    @staticmethod
+    def _last_ms(r: redis.Redis, streams: list[str]) -> list[int]:
+        """Each stream's last id's millisecond part (-1 for a stream that does not exist yet).
+
+        XINFO's `last-generated-id` rather than the last entry: it stays put when entries are trimmed
+        or deleted, and it is what XADD compares a new id with."""
+        pipe = r.pipeline(transaction=False)
+        for s in streams:
+            pipe.xinfo_stream(s)
+        out = []
+        for s, res in zip(streams, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(res, redis.ResponseError):
+                if "no such key" in str(res).lower():
+                    out.append(-1)
+                    continue
+                raise StorageError(f"redis_stream: key {s!r} is not a stream ({res}); delete it or change `stream`")
+            if isinstance(res, Exception):
+                raise res
+            last = res["last-generated-id"]
+            out.append(int((last.decode() if isinstance(last, bytes) else str(last)).split("-")[0]))
+        return out
+
+    @staticmethod
+    def _cause(e: Exception) -> str:
+        text = str(e)
+        for needle, cause in (("refused", "connection refused"), ("timed out", "timed out"),
+                              ("Name or service not known", "name does not resolve")):
+            if needle in text:
+                return cause
+        return type(e).__name__
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
