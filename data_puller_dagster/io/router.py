@@ -61,6 +61,7 @@ def route_matches(route: RouteConfig, table: TableRef) -> bool:
         and (m.feed is None or table.feed in m.feed)
         and (m.asset_class is None or table.asset_class in m.asset_class)
         and (m.timeframe is None or (table.timeframe is not None and table.timeframe in m.timeframe))
+        and (m.realtime is None or m.realtime == (table.layer == "live"))
     )
 
 

@@ -128,3 +128,19 @@ def _installed() -> list[str]:
     from data_puller_dagster import plugins
 
     return plugins.installed(plugins.DESTINATION_GROUP)
+
+
+def test_realtime_match_separates_live_tables_from_batch_tables(tmp_path: Path) -> None:
+    from data_puller_dagster.io.router import route_matches
+
+    live = TableRef("forex", "live_ohlcv_1h", "live", "forex", "1h", ("symbol", "ts"))
+    cfg = config(
+        tmp_path,
+        routes=[
+            {"id": "all", "destinations": ["parquet"]},
+            {"id": "alerts", "match": {"realtime": True}, "destinations": ["jsonl"]},
+            {"id": "batch", "match": {"realtime": False}, "destinations": ["csv"]},
+        ],
+    )
+    taken = {t.name: [r.id for r in cfg.routes if route_matches(r, t)] for t in (NORM, live)}
+    assert taken == {"normalized_ohlcv_1h": ["all", "batch"], "live_ohlcv_1h": ["all", "alerts"]}
