@@ -511,6 +511,11 @@ class RouteConfig(_Model):
     filter: list[RowFilter] = Field(default_factory=list)
     transform: TransformSpec | None = Field(None, description="A registered transform applied before writing.")
     batch_size: int | None = Field(None, ge=1, description="Rows per message batch for stream destinations.")
+    in_progress: bool = Field(
+        False,
+        description="Live tables only: also send in-progress (is_final false) candle updates to this route's "
+        "stream destinations. Stores never get them.",
+    )
     enabled: bool = True
     on_error: Literal["fail", "warn"] = "fail"
 

@@ -154,7 +154,13 @@ class Router:
         self, route: RouteConfig, name: str, table: TableRef, df: pd.DataFrame, part: PartitionSlice
     ) -> dict[str, Any]:
         dest = self.destination(name)
-        if hasattr(dest, "publish"):
+        stream = hasattr(dest, "publish")
+        if table.layer == "live" and "is_final" in df.columns and not (stream and route.in_progress):
+            # In-progress live updates reach only the stream destinations of routes that ask for them.
+            final = df["is_final"].fillna(False).astype(bool).to_numpy()
+            if not final.all():
+                df = df[final]
+        if stream:
             return dest.publish(table, df, part, route.batch_size)  # type: ignore[union-attr]
         return dest.write(table, df, part)  # type: ignore[union-attr]
 

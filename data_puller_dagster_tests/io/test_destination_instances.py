@@ -144,3 +144,13 @@ def test_realtime_match_separates_live_tables_from_batch_tables(tmp_path: Path) 
     )
     taken = {t.name: [r.id for r in cfg.routes if route_matches(r, t)] for t in (NORM, live)}
     assert taken == {"normalized_ohlcv_1h": ["all", "batch"], "live_ohlcv_1h": ["all", "alerts"]}
+
+
+def test_in_progress_live_updates_never_reach_a_store(tmp_path: Path) -> None:
+    live = TableRef("forex", "live_ohlcv_1h", "live", "forex", "1h", ("symbol", "ts"))
+    cfg = config(tmp_path, routes=[{"id": "all", "destinations": ["parquet"], "in_progress": True}])
+    router = Router(cfg)
+    df = candles("EUR/USD", PART.start, PART.days)
+    router.write(live, df, PART)
+    got = router.read(live, PART)
+    assert len(got) == int(df["is_final"].sum()) < len(df) and got["is_final"].all()
