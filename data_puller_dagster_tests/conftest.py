@@ -9,6 +9,13 @@ import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
+# Real servers started on free ports by session fixtures (see servers/).
+pytest_plugins = [
+    "data_puller_dagster_tests.servers.influxdb",
+    "data_puller_dagster_tests.servers.kafka",
+    "data_puller_dagster_tests.servers.s3",
+]
+
 
 @pytest.fixture
 def fixtures_dir() -> Path:

@@ -154,3 +154,29 @@ def test_in_progress_live_updates_never_reach_a_store(tmp_path: Path) -> None:
     router.write(live, df, PART)
     got = router.read(live, PART)
     assert len(got) == int(df["is_final"].sum()) < len(df) and got["is_final"].all()
+
+
+def test_an_s3_parquet_instance_from_the_config_file(tmp_path: Path, s3_server, s3_bucket) -> None:
+    """The options an s3:// Parquet instance takes in data_puller.yaml reach the real S3 server."""
+    lake = {
+        "type": "parquet", "root": f"s3://{s3_bucket}/lake", "endpoint_url": s3_server.endpoint,
+        "key_id": s3_server.key_id, "secret": s3_server.secret, "region": "us-east-1",
+    }  # fmt: skip
+    cfg = config(
+        tmp_path,
+        destinations={"lake": lake},
+        storage={"data_dir": str(tmp_path), "primary": "lake"},
+        routes=[{"id": "main", "destinations": ["lake"]}],
+    )
+    router = Router(cfg)
+    df = candles("EUR/USD", PART.start, PART.days)
+    router.write(NORM, df, PART)
+    keys = sorted(o["Key"] for o in s3_server.client().list_objects_v2(Bucket=s3_bucket)["Contents"])
+    assert "lake/forex/normalized_ohlcv_1h/symbol_key=EURUSD/date=2024-01-01/part-0.parquet" in keys
+    pd.testing.assert_frame_equal(sort_rows(router.read(NORM, PART)), sort_rows(df))
+    assert s3_server.secret not in repr(router.destination("lake"))
+    got = problems(tmp_path, destinations={"lake": {**lake, "secret": None}}, routes=[{"id": "m", "destinations": ["lake"]}])
+    assert any("key_id and secret go together" in p for p in got), got
+    assert not any(s3_server.key_id in p for p in got)
+    got = problems(tmp_path, destinations={"cold": {"type": "parquet", "root": str(tmp_path), "region": "eu-west-1"}})
+    assert any("region apply to an s3:// root only" in p for p in got), got

@@ -25,13 +25,19 @@ GBP = {"GBPUSD": "GBP/USD"}
 BOTH = {**EUR, **GBP}
 D1, D10 = date(2024, 1, 1), date(2024, 1, 10)
 # JSON keeps 15 significant digits; every other store must round-trip floats exactly.
-EXACT = {"parquet", "parquet_memory", "duckdb", "postgres", "csv"}
+EXACT = {"parquet", "parquet_memory", "parquet_s3", "duckdb", "postgres", "csv", "influxdb"}
+# Stores whose destination comes from a server fixture (servers/): kind -> fixture name.
+SERVER_STORES = {"parquet_s3": "s3_parquet_destination", "influxdb": "influxdb_destination"}
 
 
-@pytest.fixture(params=["parquet", "parquet_memory", "duckdb", "postgres", "csv", "jsonl"])
+@pytest.fixture(
+    params=["parquet", "parquet_memory", "parquet_s3", "duckdb", "postgres", "csv", "jsonl", "influxdb"]
+)
 def dest(request, tmp_path: Path):
     kind = request.param
-    if kind == "parquet":
+    if kind in SERVER_STORES:
+        d = request.getfixturevalue(SERVER_STORES[kind])
+    elif kind == "parquet":
         d = ParquetDestination(str(tmp_path / "lake"))
     elif kind == "parquet_memory":
         d = ParquetDestination(f"memory://lake_{tmp_path.name}")
@@ -130,7 +136,7 @@ def test_schema_drift_names_the_columns(dest) -> None:
     assert_same(dest.read(TABLE, part), df, dest.kind)
 
 
-def test_failure_midway_leaves_previous_version(dest) -> None:
+def test_failure_midway_leaves_previous_version(dest, request) -> None:
     """A real failure after part of the write was done: the old rows survive."""
     part = PartitionSlice(BOTH, D1, date(2024, 1, 3))
     old = two_symbols(D1, 3)
@@ -144,6 +150,22 @@ def test_failure_midway_leaves_previous_version(dest) -> None:
             dest.write(TABLE, new.assign(trades=trades), part)
     elif dest.kind == "parquet_memory":
         pytest.skip("memory:// cannot be made to fail one partition; the local root covers it")
+    elif dest.kind == "parquet_s3":
+        # A real refusal midway: the S3 server enforces an IAM policy denying PUTs under GBPUSD. Each
+        # day file is one whole PUT: EURUSD's days hold the new rows, GBPUSD's their previous ones.
+        server, bucket = request.getfixturevalue("s3_server"), request.getfixturevalue("s3_bucket")
+        with server.puts_denied(bucket, "*/symbol_key=GBPUSD/*") as options:
+            with pytest.raises(PermissionError, match=r"2 of 5 partition file PUT\(s\) failed.*GBPUSD"):
+                ParquetDestination(dest.root, storage_options=options).write(TABLE, new, part)
+        old = pd.concat([new[new["symbol"] == "EUR/USD"], old[old["symbol"] == "GBP/USD"]])
+    elif dest.kind == "influxdb":
+        # Batches of 10 points: the server takes the first ones, then rejects the last batch (its last
+        # row's source tag makes a series key beyond InfluxDB's 64 KiB limit). Nothing is committed.
+        dest.batch_size = 10
+        source = new["source"].astype(object).to_numpy()
+        source[-1] = "x" * 70_000
+        with pytest.raises(Exception, match=r"max key length(.|\n)*after [1-9]\d* of \d+ write requests"):
+            dest.write(TABLE, new.assign(source=pd.array(source, dtype="string")), part)
     else:
         # EURUSD partitions are staged first; GBPUSD's directory cannot be created (a file is in its
         # place), so the write fails on its second symbol. The GBPUSD rows are sacrificed by the test.

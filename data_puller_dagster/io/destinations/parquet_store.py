@@ -8,21 +8,29 @@ With a `symbol=EURUSD` directory, DuckDB (`hive_partitioning=true`) and `pyarrow
 replace the column with the key, and pandas refuses to read the dataset (string vs dictionary merge
 error). A distinct directory name keeps the display symbol intact in all three readers.
 
-Atomicity: every partition file of a write is first written to a dot-prefixed temporary name (ignored
-by pyarrow, pandas and DuckDB's `*.parquet` glob); only when all of them are written are they renamed
-into place and the slice's partitions without rows deleted. A write that fails while serializing leaves
-every old partition untouched; on a local disk each rename is atomic, on object stores each object PUT
-is.
+Atomicity (local disk and fsspec URLs other than s3://): every partition file of a write is first
+written to a dot-prefixed temporary name (ignored by pyarrow, pandas and DuckDB's `*.parquet` glob);
+only when all of them are written are they renamed into place and the slice's partitions without rows
+deleted. A write that fails while serializing leaves every old partition untouched; on a local disk
+each rename is atomic.
+
+Atomicity on S3 (`s3://`): nothing is staged (a rename there is copy + delete). Each day file is
+encoded completely in memory, then sent to its one fixed key in a single PUT, which S3 applies whole or
+not at all: each partition holds its previous or its new file at every moment, and a listing never
+shows two files of one day. A write that fails midway leaves each partition old or new, not the slice
+as a whole. parquet_s3.py says exactly what writers and readers can see, and why.
 
 Crash debris: each write first sweeps the directories it writes (every partition directory of its
 slice; the table directory when it writes the schema) of stale temp files; see staging.py for the rule.
+On S3 a killed writer leaves nothing (see parquet_s3.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Collection
+import re
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from datetime import date
 from pathlib import Path
@@ -34,9 +42,11 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 
 from data_puller_dagster.io.destinations.base import DestinationKind, DestinationOptions
+from data_puller_dagster.io.destinations.parquet_s3 import S3Lake
+from data_puller_dagster.io.destinations.s3_objects import S3Objects, is_s3, s3_storage_options, with_defaults
 from data_puller_dagster.io.destinations.staging import is_stale_temp, staging_token, sweep_local
 from data_puller_dagster.io.errors import SchemaDriftError
 from data_puller_dagster.io.frames import (
@@ -87,17 +97,45 @@ def _subdirs(directory: str) -> list[str]:
         return []
 
 
-def _filesystem(root: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem for the root: native for local paths (fast), fsspec-wrapped otherwise."""
-    fs, path = fsspec.core.url_to_fs(root)
+def _filesystem(root: str, storage_options: Mapping[str, Any] | None) -> tuple[pafs.FileSystem, str, Any]:
+    """A pyarrow filesystem for the root (native for local paths, which is fast; fsspec-wrapped
+    otherwise), the path inside it, and the fsspec filesystem itself."""
+    if root.split("://", 1)[0] in ("s3", "s3a") and "://" in root:
+        storage_options = with_defaults(storage_options)
+    fs, path = fsspec.core.url_to_fs(root, **(storage_options or {}))
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     if "file" in protocols or "local" in protocols:
-        return pafs.LocalFileSystem(), path.rstrip("/")
-    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path.rstrip("/")
+        if storage_options:
+            raise ValueError(f"parquet root {root!r} is a local path: storage options apply to URLs only")
+        return pafs.LocalFileSystem(), path.rstrip("/"), fs
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path.rstrip("/"), fs
+
+
+def _encode(table: pa.Table) -> bytes:
+    """One partition file, complete, in memory (the S3 path PUTs it in one request)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression=COMPRESSION, use_dictionary=USE_DICTIONARY)
+    return sink.getvalue().to_pybytes()
 
 
 class ParquetOptions(DestinationOptions):
     root: str | None = Field(None, description="Local path or fsspec URL; default storage.parquet_root")
+    # s3:// roots only (S3-compatible servers: MinIO, moto, ...). Without a key: the AWS credential chain.
+    endpoint_url: str | None = Field(None, description="S3 endpoint, e.g. http://127.0.0.1:9000")
+    key_id: SecretStr | None = Field(None, description="S3 access key id")
+    secret: SecretStr | None = Field(None, description="S3 secret access key")
+    region: str | None = Field(None, description="S3 region, e.g. us-east-1")
+
+    @model_validator(mode="after")
+    def _s3_only(self) -> ParquetOptions:
+        s3 = [f for f in ("endpoint_url", "key_id", "secret", "region") if getattr(self, f) is not None]
+        if s3 and not (self.root or "").startswith("s3://"):
+            raise ValueError(f"{', '.join(s3)} apply to an s3:// root only; set root: s3://bucket/prefix")
+        if (self.key_id is None) != (self.secret is None):
+            raise ValueError("key_id and secret go together; set both, or neither for the AWS credential chain")
+        if self.endpoint_url is not None and not re.match(r"^https?://[^\s/]+", self.endpoint_url):
+            raise ValueError("endpoint_url must be http(s)://host[:port]")
+        return self
 
 
 class ParquetDestination:
@@ -112,11 +150,38 @@ class ParquetDestination:
         if options.root is None:
             return cls(storage.parquet_location)
         root = options.root
-        return cls(root.rstrip("/") if "://" in root else str(Path(root).expanduser().absolute()))
+        if not root.startswith("s3://"):
+            return cls(root.rstrip("/") if "://" in root else str(Path(root).expanduser().absolute()))
+        secret = options.secret.get_secret_value() if options.secret else None
+        key_id = options.key_id.get_secret_value() if options.key_id else None
+        return cls(root.rstrip("/"), storage_options=s3_storage_options(options.endpoint_url, key_id, secret, options.region))
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, storage_options: Mapping[str, Any] | None = None):
+        """`storage_options` go to fsspec for URL roots; for `s3://` they are s3fs's (`endpoint_url`,
+        `key`, `secret`, `client_kwargs={"region_name": ...}`, ...; build them with
+        s3_objects.s3_storage_options). They are never shown: errors, metadata and repr name the root
+        without its user-info, and the keys are scrubbed from S3 error messages."""
         self.root = root
-        self.fs, self.base = _filesystem(root)
+        self.fs, self.base, fsspec_fs = _filesystem(root, storage_options)
+        self._s3: S3Lake | None = None
+        if is_s3(fsspec_fs):
+            if not self.base.strip("/"):
+                raise ValueError(
+                    f"parquet root {redact_url(root)!r} names no bucket; use s3://<bucket>/<prefix>"
+                )
+            so = storage_options or {}
+            secrets = [str(so[k]) for k in ("key", "secret", "token") if so.get(k)]
+            self._s3 = S3Lake(
+                S3Objects(fsspec_fs),
+                root,
+                secrets,
+                symbol_dir=SYMBOL_DIR,
+                date_dir=DATE_DIR,
+                file_name=FILE_NAME,
+            )
+
+    def __repr__(self) -> str:
+        return f"ParquetDestination({redact_url(self.root)!r})"
 
     # ------------------------------------------------------------------------------------- paths
     def table_dir(self, table: TableRef) -> str:
@@ -126,7 +191,9 @@ class ParquetDestination:
         return f"{self.table_dir(table)}/{SYMBOL_DIR}={key}/{DATE_DIR}={day.isoformat()}/{FILE_NAME}"
 
     def glob(self, table: TableRef) -> str:
-        """The pattern analysts pass to duckdb.read_parquet (local roots only)."""
+        """The pattern analysts pass to duckdb.read_parquet (a URL for URL roots)."""
+        if "://" in self.root:
+            return f"{self.root.split('://', 1)[0]}://{self.table_dir(table).lstrip('/')}/**/*.parquet"
         return f"{self.table_dir(table)}/**/*.parquet"
 
     # ------------------------------------------------------------------------------------- write
@@ -141,6 +208,8 @@ class ParquetDestination:
         order, ranges = partition_ranges(df, part)
         if order is not None:  # rows not grouped by partition: gather them once, then slice
             arrow = arrow.take(pa.array(order))
+        if self._s3 is not None:
+            return self._write_s3(table, len(df), arrow, ranges, part)
         # One listing of the slice's existing partition directories, which sweeps them of stale temp
         # files too: a day never written before needs no sweep, no existence check and no delete.
         present, swept = self._scan_slice(table, part)
@@ -205,6 +274,33 @@ class ParquetDestination:
             "location": redact_url(f"{self.root.rstrip('/')}/{table.feed}/{table.name}"),
         }
 
+    def _write_s3(
+        self,
+        table: TableRef,
+        rows: int,
+        arrow: pa.Table,
+        ranges: list[tuple[str, date, int, int]],
+        part: PartitionSlice,
+    ) -> dict[str, Any]:
+        """Encode every day file in memory (a failure here sends nothing), then replace them on S3."""
+        assert self._s3 is not None
+
+        def encode(r: tuple[str, date, int, int]) -> tuple[str, bytes]:
+            key, day, start, stop = r
+            return self.partition_file(table, key, day), _encode(arrow.slice(start, stop - start))
+
+        with ThreadPoolExecutor(
+            max(1, min(WRITE_THREADS, len(ranges))), thread_name_prefix="parquet-encode"
+        ) as ex:
+            blobs = list(ex.map(encode, ranges))
+        written = {(key, day) for key, day, _, _ in ranges}
+        md = self._s3.replace(self.table_dir(table), part, blobs, written, _is_partition_stem)
+        return {
+            "rows": rows,
+            **md,
+            "location": redact_url(f"{self.root.rstrip('/')}/{table.feed}/{table.name}"),
+        }
+
     def _scan_slice(self, table: TableRef, part: PartitionSlice) -> tuple[set[tuple[str, date]], int]:
         """Sweep the slice's existing partition directories of stale temp files; return which
         (symbol key, day) directories exist and how many temp files were removed.
@@ -261,6 +357,14 @@ class ParquetDestination:
             self._write_schema(table, schema)
 
     def _write_schema(self, table: TableRef, schema: pa.Schema) -> None:
+        if self._s3 is not None:  # one PUT of the complete file; no directories on S3
+            sink = pa.BufferOutputStream()
+            pq.write_metadata(schema, sink)
+            self._s3.put(
+                [(f"{self.table_dir(table)}/{SCHEMA_FILE}", sink.getvalue().to_pybytes())], "schema file"
+            )
+            self._s3.delete(self._s3.stale_in(self.table_dir(table), _is_schema_stem), "stale temp file")
+            return
         self.fs.create_dir(self.table_dir(table), recursive=True)
         self._sweep(self.table_dir(table), _is_schema_stem)
         tmp = f"{self.table_dir(table)}/.{SCHEMA_FILE}.{staging_token()}.tmp"
@@ -269,6 +373,9 @@ class ParquetDestination:
 
     def _read_schema(self, table: TableRef) -> pa.Schema | None:
         path = f"{self.table_dir(table)}/{SCHEMA_FILE}"
+        if self._s3 is not None:  # one GET, no HEAD first
+            data = self._s3.get(path)
+            return None if data is None else pq.read_schema(pa.BufferReader(data))
         if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
             return None
         return pq.read_schema(path, filesystem=self.fs)
@@ -302,6 +409,12 @@ class ParquetDestination:
         if schema is None:
             return pd.DataFrame()
         dtypes = _dtypes_of(schema)
+        if self._s3 is not None:
+            stored, _ = self._s3.slice_objects(self.table_dir(table), part, _is_partition_stem)
+            found = self._s3.read_tables([path for path, _ in stored.values()], schema, list(dtypes))
+            if found is None or found.num_rows == 0:
+                return empty_frame(dtypes)
+            return restore_dtypes(arrow_to_pandas(found, dtypes), dtypes)
         files = self._slice_files(table, part)
         if not files:
             return empty_frame(dtypes)
