@@ -180,3 +180,28 @@ def test_an_s3_parquet_instance_from_the_config_file(tmp_path: Path, s3_server, 
     assert not any(s3_server.key_id in p for p in got)
     got = problems(tmp_path, destinations={"cold": {"type": "parquet", "root": str(tmp_path), "region": "eu-west-1"}})
     assert any("region apply to an s3:// root only" in p for p in got), got
+
+
+def test_backtest_csv_keeps_the_seed_filename_pattern(tmp_path: Path) -> None:
+    cfg = config(
+        tmp_path,
+        destinations={"bt": {"type": "csv", "dir": str(tmp_path / "bt"),
+                             "filename_pattern": "{symbol}_{timeframe}_{date_range}.csv"}},  # fmt: skip
+        routes=[{"id": "main", "destinations": ["parquet"]}, {"id": "bt", "destinations": ["bt"]}],
+    )
+    router = Router(cfg)
+    df = candles("EUR/USD", PART.start, PART.days)
+    router.write(NORM, df, PART)
+    folder = tmp_path / "bt" / "forex" / "normalized_ohlcv_1h" / "EURUSD"
+    names = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    assert names == [f"EURUSD_1h_2024010{d}-2024010{d}.csv" for d in (1, 2, 3)]
+    pd.testing.assert_frame_equal(sort_rows(router.store("bt").read(NORM, PART)), sort_rows(df))
+    # Replacing the slice with two days' rows empties the third day's file (found by the pattern).
+    router.write(NORM, df[df["ts"] < pd.Timestamp("2024-01-03", tz="UTC")], PART)
+    assert not (folder / "EURUSD_1h_20240103-20240103.csv").exists()
+    got = problems(tmp_path, destinations={"bt": {"type": "csv", "filename_pattern": "{symbol}_{month}.csv"}})
+    assert any(p.startswith("destinations.bt.filename_pattern: ") and "unknown placeholder(s) ['month']" in p for p in got), got
+    got = problems(tmp_path, destinations={"bt": {"type": "csv", "filename_pattern": "{symbol}.csv"}})
+    assert any("needs {date} or {date_range}" in p for p in got), got
+    got = problems(tmp_path, destinations={"bt": {"type": "csv", "filename_pattern": "../{date}.csv"}})
+    assert any("no path" in p for p in got), got

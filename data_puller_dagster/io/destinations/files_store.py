@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from data_puller_dagster.io.destinations.base import DestinationKind, DestinationOptions
 from data_puller_dagster.io.destinations.staging import staging_token, sweep_local
@@ -51,7 +51,33 @@ if TYPE_CHECKING:
     from data_puller_dagster.config import StorageConfig
 
 DTYPES_FILE = "_dtypes.json"
-_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}\.(csv|jsonl)$")
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+_PATTERN_FIELDS = {  # placeholder -> regex of what it renders to
+    "symbol": r"[A-Z0-9]{1,40}",
+    "timeframe": r"[0-9]+[a-zA-Z]+",
+    "date": r"\d{4}-\d{2}-\d{2}",
+    "date_range": r"\d{8}-\d{8}",
+}
+_LITERAL = re.compile(r"^[A-Za-z0-9_.\-]*$")
+
+
+def check_filename_pattern(pattern: str, suffix: str) -> str:
+    """A day file name pattern: placeholders {symbol} (partition key), {timeframe}, {date}
+    (YYYY-MM-DD) and {date_range} (YYYYMMDD-YYYYMMDD: the first and last day the file holds, i.e. its
+    day), at least one of the two dates (a file is one partition), the destination's suffix, no path."""
+    names = _PLACEHOLDER.findall(pattern)
+    unknown = sorted(set(names) - set(_PATTERN_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown placeholder(s) {unknown}; use {{{'}, {'.join(_PATTERN_FIELDS)}}}")
+    if "date" not in names and "date_range" not in names:
+        raise ValueError("needs {date} or {date_range}: every file holds one UTC day")
+    if not _LITERAL.match(_PLACEHOLDER.sub("", pattern)) or pattern.startswith("."):
+        raise ValueError("may hold letters, digits, '_', '-', '.' and placeholders only (no path, no leading dot)")
+    if not pattern.endswith(suffix):
+        raise ValueError(f"must end with {suffix!r}")
+    return pattern
+
+
 _ARROW_TYPE = {
     "tz": pa.timestamp("ns", tz="UTC"),
     "naive": pa.timestamp("ns"),
@@ -64,6 +90,25 @@ _ARROW_TYPE = {
 
 class FilesOptions(DestinationOptions):
     dir: Path | None = Field(None, description="Root directory; default storage.csv_dir / storage.jsonl_dir")
+    filename_pattern: str | None = Field(
+        None,
+        description="Day file name under <dir>/<feed>/<table>/<KEY>/, e.g. {symbol}_{timeframe}_{date_range}.csv; "
+        "default {date}.csv / {date}.jsonl",
+    )
+    SUFFIX: ClassVar[str] = ""
+
+    @field_validator("filename_pattern")
+    @classmethod
+    def _pattern(cls, v: str | None) -> str | None:
+        return v if v is None else check_filename_pattern(v, cls.SUFFIX)
+
+
+class CSVOptions(FilesOptions):
+    SUFFIX: ClassVar[str] = ".csv"
+
+
+class JSONLOptions(FilesOptions):
+    SUFFIX: ClassVar[str] = ".jsonl"
 
 
 class _FileDestination:
@@ -80,16 +125,28 @@ class _FileDestination:
 
     @classmethod
     def from_options(cls, options: FilesOptions, storage: StorageConfig) -> _FileDestination:
-        return cls(options.dir.expanduser().absolute() if options.dir else cls._default_root(storage))
+        root = options.dir.expanduser().absolute() if options.dir else cls._default_root(storage)
+        return cls(root, options.filename_pattern)
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, filename_pattern: str | None = None):
         self.root = Path(root)
+        self.pattern = check_filename_pattern(filename_pattern or f"{{date}}{self.suffix}", self.suffix)
+        parts = re.split(r"(\{[a-z_]+\})", self.pattern)
+        self._day_name = re.compile(
+            "^"
+            + "".join(_PATTERN_FIELDS[p[1:-1]] if p.startswith("{") else re.escape(p) for p in parts)
+            + "$"
+        )
 
     def table_dir(self, table: TableRef) -> Path:
         return self.root / table.feed / table.name
 
     def partition_file(self, table: TableRef, key: str, day: date) -> Path:
-        return self.table_dir(table) / key / f"{day.isoformat()}{self.suffix}"
+        compact = day.strftime("%Y%m%d")
+        name = self.pattern.format(
+            symbol=key, timeframe=table.timeframe or "", date=day.isoformat(), date_range=f"{compact}-{compact}"
+        )
+        return self.table_dir(table) / key / name
 
     def _encoder(
         self, table: TableRef, df: pd.DataFrame, order: np.ndarray | None
@@ -133,8 +190,8 @@ class _FileDestination:
         }
 
     def _is_day_stem(self, stem: str) -> bool:
-        """`2024-01-05.csv`: the final name of one of this destination's day files."""
-        return stem.endswith(self.suffix) and _DAY.match(stem) is not None
+        """`2024-01-05.csv` (or the pattern's name): the final name of one of this destination's day files."""
+        return self._day_name.match(stem) is not None
 
     def _check_dtypes(self, table: TableRef, df: pd.DataFrame) -> None:
         path = self.table_dir(table) / DTYPES_FILE
@@ -195,6 +252,7 @@ class CSVDestination(_FileDestination):
 
     name = "csv"
     suffix = ".csv"
+    Options = CSVOptions
 
     @classmethod
     def _default_root(cls, storage: StorageConfig) -> Path:
@@ -229,6 +287,7 @@ class JSONLDestination(_FileDestination):
 
     name = "jsonl"
     suffix = ".jsonl"
+    Options = JSONLOptions
 
     @classmethod
     def _default_root(cls, storage: StorageConfig) -> Path:
