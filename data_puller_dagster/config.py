@@ -95,11 +95,34 @@ class BinanceSourceConfig(_Model):
     max_retry_seconds: float = Field(
         120.0, gt=0, description="Give up retrying one request (retryable) after this much time."
     )
+    # The live half (`data-puller stream`, data_puller_dagster/sources/binance_ws.py): kline websockets.
+    ws_url: str = Field(
+        default_factory=lambda: os.environ.get("BINANCE_WS_URL") or "wss://stream.binance.com:9443",
+        description="Websocket base (BINANCE_WS_URL); wss://data-stream.binance.vision is market data only.",
+    )
+    ws_streams_per_connection: int = Field(1024, ge=1, le=1024, description="Streams per connection (Binance: 1024).")
+    ws_watchdog_seconds: float = Field(30.0, gt=0, description="No message for this long: the connection is dead.")
+    ws_max_connection_seconds: float = Field(
+        23.5 * 3600, gt=0, le=86400, description="Reconnect before Binance drops a connection at 24 h."
+    )
+    ws_reconnect_base_seconds: float = Field(1.0, gt=0, description="First reconnect delay (doubles, with jitter).")
+    ws_reconnect_max_seconds: float = Field(60.0, gt=0, description="Longest reconnect delay.")
+    ws_connect_attempts_per_5min: int = Field(
+        300, ge=1, le=300, description="Connection attempts per 5 minutes (Binance: 300 per IP)."
+    )
+    ws_open_timeout_seconds: float = Field(10.0, gt=0, description="Websocket handshake timeout.")
 
     @field_validator("base_url", "archive_url")
     @classmethod
     def _url(cls, v: str) -> str:
         return _check_url(v)
+
+    @field_validator("ws_url")
+    @classmethod
+    def _ws_url(cls, v: str) -> str:
+        if not re.match(r"^wss?://[^\s/?#]+/?$", v):
+            raise ValueError(f"{v!r} is not a websocket base URL; use wss://host[:port] (no path)")
+        return v.rstrip("/")
 
 
 class TwelveDataSourceConfig(_Model):
@@ -116,6 +139,9 @@ class TwelveDataSourceConfig(_Model):
     credits_per_minute: int = Field(8, ge=1, description="8 on the free plan; raise for paid plans.")
     max_concurrency: int = Field(4, ge=1, le=64)
     outputsize: int = Field(5000, ge=1, le=5000)
+    live_poll_delay_seconds: float = Field(
+        5.0, ge=0, le=3600, description="`data-puller stream`: poll /time_series this long after each candle close."
+    )
     timeout_seconds: float = Field(30.0, gt=0, description="Read timeout of one request (seconds).")
     connect_timeout_seconds: float = Field(5.0, gt=0, description="TCP connect timeout of one request.")
     max_retries: int = Field(5, ge=0, le=20)
@@ -681,6 +707,23 @@ class AutomationConfig(_Model):
     gap_sensor: GapSensorConfig = Field(default_factory=GapSensorConfig)
 
 
+class StreamConfig(_Model):
+    """`data-puller stream`: live candles in micro-batches through the same normalize, validation and routes."""
+
+    max_batch_rows: int = Field(20000, ge=1, description="Most events normalized and routed as one micro-batch.")
+    store_flush_seconds: float = Field(
+        10.0, gt=0, description="Stores get the current day's closed live candles at most this often."
+    )
+    log_interval_seconds: float = Field(60.0, gt=0, description="One progress line per connection this often.")
+    initial_backfill: Literal["day", "none"] = Field(
+        "day", description="At start, fetch the day's closed candles over REST (day) or start with the stream (none)."
+    )
+    backfill_give_up_seconds: float = Field(
+        300.0, gt=0, description="Stop retrying a REST gap fill after this long (the batch pipeline fills it)."
+    )
+    shutdown_timeout_seconds: float = Field(5.0, gt=0, description="SIGTERM/SIGINT: time to flush and exit.")
+
+
 FeedConfig.model_rebuild()
 
 
@@ -701,6 +744,7 @@ class AppConfig(_Model):
     runs: RunsConfig = Field(default_factory=RunsConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     automation: AutomationConfig = Field(default_factory=AutomationConfig)
+    stream: StreamConfig = Field(default_factory=StreamConfig)
 
     @model_validator(mode="after")
     def _cross_refs(self) -> AppConfig:
@@ -933,8 +977,9 @@ def parse_config(data: Any, source: str = "configuration", env: typing.Mapping[s
         raise ConfigError(render_errors(e), source) from None
     # Plug-in options are validated by each type's own model, which needs its module imported.
     from data_puller_dagster.io.registry import plugin_problems
+    from data_puller_dagster.transform.llm_features import feature_problems
 
-    problems = plugin_problems(cfg)
+    problems = plugin_problems(cfg) + feature_problems(cfg)
     if problems:
         raise ConfigError(problems, source)
     return cfg

@@ -12,11 +12,12 @@ only what decides the content (`dataset_config_hash`), never where it is stored.
 import hashlib
 import json
 from collections.abc import Iterator
-from datetime import date, timedelta
+from datetime import timedelta
 
 import dagster as dg
 import pandas as pd
 from dagster import AssetExecutionContext
+from pydantic import BaseModel
 
 from data_puller_dagster.assets.catalog import catalog_metadata, catalog_tags, storage_kinds
 from data_puller_dagster.assets.naming import asset_key, dataset_files_key, table_ref
@@ -31,13 +32,10 @@ from data_puller_dagster.assets.partitions import (
 from data_puller_dagster.config import AppConfig, FeedConfig
 from data_puller_dagster.io.router import Router
 from data_puller_dagster.io.tables import PartitionSlice
-from data_puller_dagster.transform.calendars import expected_grid
-from data_puller_dagster.transform.llm_dataset import (
-    SCHEMA_VERSION,
-    build_examples,
-    empty_examples,
-    write_dataset,
-)
+from data_puller_dagster.transform.dataset_window import quality_by_day, window_examples  # noqa: F401
+from data_puller_dagster.transform.llm_card import DatasetCard
+from data_puller_dagster.transform.llm_dataset import SCHEMA_VERSION, features_for, write_dataset
+from data_puller_dagster.transform.llm_features import history_candles
 
 CODE_VERSION = "dataset-1"
 
@@ -55,34 +53,33 @@ def dataset_config_hash(cfg: AppConfig, feed: FeedConfig) -> str:
     content = {
         "schema_version": SCHEMA_VERSION,
         "feed": feed.model_dump(mode="json"),
-        "indicators": cfg.indicators.model_dump(mode="json"),
-        "dataset": cfg.dataset_for(feed).model_dump(mode="json"),
+        "indicators": _without_new_defaults(cfg.indicators, _ADDED_INDICATORS),
+        "dataset": _without_new_defaults(cfg.dataset_for(feed), _ADDED_DATASET),
         "validation": cfg.validation.model_dump(mode="json"),
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def quality_by_day(enriched: pd.DataFrame, feed: FeedConfig, tf: str) -> dict[date, float]:
-    """Completeness of each UTC day's candles against the market calendar (1.0 when the market was shut).
+# Options added after datasets existed (issue 19): left out of the hash while at their defaults, so a
+# config that does not use them keeps its hash (and code version) and its datasets are not marked stale.
+_ADDED_INDICATORS = ("patterns",)
+_ADDED_DATASET = (
+    "volume_profile_buckets", "volume_profile_lookback", "price_encoding", "context_layout", "max_tokens_per_example",
+)  # fmt: skip
 
-    Used to drop examples from days below `dataset.min_quality`.
-    """
-    if enriched.empty:
-        return {}
-    start = enriched["ts"].min().floor("D")
-    end = enriched["ts"].max().floor("D") + pd.Timedelta(days=1)
-    grid = expected_grid(feed.asset_class, tf, start, end)
-    expected = pd.Series(1, index=grid).groupby(grid.date).sum()
-    present_ts = pd.DatetimeIndex(enriched["ts"]).intersection(grid)
-    present = pd.Series(1, index=present_ts).groupby(present_ts.date).sum()
-    ratio = (present.reindex(expected.index, fill_value=0) / expected).clip(upper=1.0)
-    days = pd.Index(pd.DatetimeIndex(enriched["ts"]).date).unique()
-    return {d: float(ratio.get(d, 1.0)) for d in days}
+
+def _without_new_defaults(model: BaseModel, added: tuple[str, ...]) -> dict:
+    data = model.model_dump(mode="json")
+    fields = type(model).model_fields
+    defaults = {k: fields[k].get_default(call_default_factory=True) for k in added}
+    return {k: v for k, v in data.items() if not (k in defaults and v == defaults[k])}
 
 
 def build_dataset_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition:
     tf = feed.llm_timeframe
-    days_before = days_for_candles(feed.asset_class, tf, cfg.dataset.context_window)
+    # Resolved at definitions load: a feature the feed or the indicators cannot serve fails here, naming it.
+    features = features_for(feed, cfg.dataset_for(feed), cfg.indicators)
+    days_before = days_for_candles(feed.asset_class, tf, history_candles(features, cfg.dataset_for(feed)))
 
     @dg.asset(
         key=asset_key(feed, "dataset", tf),
@@ -105,24 +102,17 @@ def build_dataset_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition
     )
     def dataset(context: AssetExecutionContext, enriched: pd.DataFrame) -> dg.Output[pd.DataFrame]:
         window = context_window(context, cfg, feed)
-        frames = []
-        excluded_quality = 0
-        for _, rows in enriched.groupby("symbol", sort=True):
-            rows = rows.sort_values("ts", kind="stable").reset_index(drop=True)
-            batch = build_examples(
-                rows,
-                feed=feed,
-                dataset=cfg.dataset_for(feed),
-                indicators=cfg.indicators,
-                start=pd.Timestamp(window.start_ts),
-                end=pd.Timestamp(window.end_ts),
-                quality_by_day=quality_by_day(rows, feed, tf),
-                lookback_days=days_before,
-                lookahead_days=1,
-            )
-            frames.append(batch.frame)
-            excluded_quality += int(batch.excluded_low_quality)
-        out = pd.concat(frames, ignore_index=True) if frames else empty_examples()
+        # Per symbol, each day gated on its own completeness: transform/dataset_window (also the library's).
+        out, excluded_quality = window_examples(
+            enriched,
+            feed=feed,
+            dataset=cfg.dataset_for(feed),
+            indicators=cfg.indicators,
+            start=pd.Timestamp(window.start_ts),
+            end=pd.Timestamp(window.end_ts),
+            lookback_days=days_before,
+            lookahead_days=1,
+        )
         add_partition_metadata(
             context,
             context.assets_def.key,
@@ -163,12 +153,14 @@ def build_dataset_files_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefi
     def dataset_files(context: AssetExecutionContext) -> dg.MaterializeResult:
         router = Router(cfg)
         out_dir = cfg.storage.datasets_location / feed.name / f"llm_{tf}"
+        ds = cfg.dataset_for(feed)
         manifest = write_dataset(
             _monthly_batches(router, src, feed),
             out_dir,
             name=f"{feed.name}_{tf}",
             config_hash=dataset_config_hash(cfg, feed),
             dataset_format=cfg.dataset.format,
+            card=DatasetCard(feed, ds, features_for(feed, ds, cfg.indicators)),
         )
         context.log.info(f"dataset written to {out_dir}: {manifest.get('rows')}")
         return dg.MaterializeResult(

@@ -41,7 +41,8 @@ def build_enriched_asset(cfg: AppConfig, feed: FeedConfig, tf: str) -> dg.Assets
         tags=catalog_tags(feed, "enriched", tf),
         code_version=f"{CODE_VERSION}-{_hash(cfg)}",
         description=(
-            f"{tf} candles with indicators (ta). Reads {days_before} earlier day(s) ({warmup} candles) for "
+            f"{tf} candles with indicators (ta) and candlestick pattern flags (TA-Lib, `cdl_*`, when "
+            f"`indicators.patterns` lists any). Reads {days_before} earlier day(s) ({warmup} candles) for "
             "warm-up; `indicators_ready` is False where the feed lacks that history (values are null)."
         ),
         metadata=catalog_metadata(cfg, feed, "enriched", tf),
@@ -75,4 +76,6 @@ def build_enriched_asset(cfg: AppConfig, feed: FeedConfig, tf: str) -> dg.Assets
 def _hash(cfg: AppConfig) -> str:
     import hashlib
 
-    return hashlib.sha256(cfg.indicators.model_dump_json().encode()).hexdigest()[:8]
+    # `patterns` (issue 19) is left out while empty, so configs without patterns keep their code version.
+    exclude = {"patterns"} if not cfg.indicators.patterns else None
+    return hashlib.sha256(cfg.indicators.model_dump_json(exclude=exclude).encode()).hexdigest()[:8]

@@ -6,9 +6,12 @@ the UI, the stores (schema `crypto`, table `normalized_ohlcv_1m`) and the sensor
 
 from __future__ import annotations
 
-import dagster as dg
+from typing import TYPE_CHECKING
 
 from data_puller_dagster.config import FeedConfig
+
+if TYPE_CHECKING:  # Dagster is imported by the functions that build keys: table names need no Dagster,
+    import dagster as dg  # so the library and `data-puller` (api.py, cli.py) start without it
 
 PK = "symbol,ts"
 
@@ -19,8 +22,11 @@ _TABLE = {
     "derived": "ohlcv_{tf}",
     "enriched": "enriched_ohlcv_{tf}",
     "dataset": "llm_dataset_{tf}",
+    # Candles of `data-puller stream` (data_puller_dagster/stream): canonical rows, one per (symbol, ts),
+    # in their own table so the stream's day rewrites never touch the batch pipeline's partitions.
+    "live": "live_ohlcv_{tf}",
 }
-_HAS_PK = {"normalized", "derived", "enriched"}
+_HAS_PK = {"normalized", "derived", "enriched", "live"}
 
 
 def table_name(layer: str, timeframe: str) -> str:
@@ -28,10 +34,14 @@ def table_name(layer: str, timeframe: str) -> str:
 
 
 def asset_key(feed: FeedConfig, layer: str, timeframe: str) -> dg.AssetKey:
+    import dagster as dg
+
     return dg.AssetKey([feed.name, table_name(layer, timeframe)])
 
 
 def dataset_files_key(feed: FeedConfig) -> dg.AssetKey:
+    import dagster as dg
+
     return dg.AssetKey([feed.name, f"llm_dataset_{feed.llm_timeframe}_files"])
 
 

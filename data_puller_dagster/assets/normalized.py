@@ -13,37 +13,28 @@ import dagster as dg
 import pandas as pd
 from dagster import AssetExecutionContext
 
-from data_puller_dagster import timeframes
 from data_puller_dagster.assets.catalog import catalog_metadata, catalog_tags, storage_kinds
 from data_puller_dagster.assets.metadata import sample_rows
 from data_puller_dagster.assets.naming import asset_key
 from data_puller_dagster.assets.normalized_metadata import (
     MISSING_BY_DAY,
-    WindowGrid,
     missing_table,
-    partition_figures,
     partition_metadata,
-    window_grid,
 )
-from data_puller_dagster.assets.partition_metadata import (
-    add_partition_metadata,
-    partition_groups,
-    partition_layout,
-    sig,
-    symbol_index,
-)
+from data_puller_dagster.assets.partition_metadata import add_partition_metadata, partition_groups, sig
 from data_puller_dagster.assets.partitions import (
     backfill_policy,
     context_window,
     feed_partitions,
 )
 from data_puller_dagster.config import AppConfig, FeedConfig
-from data_puller_dagster.io.tables import PartialOutput, PartitionSlice
-from data_puller_dagster.transform.acceptance import drop_rejected, judge_days
-from data_puller_dagster.transform.gaps import segments_of
-from data_puller_dagster.transform.normalize import normalize
-from data_puller_dagster.transform.quality import data_quality_score
-from data_puller_dagster.transform.schemas import validate_normalized
+from data_puller_dagster.io.io_manager import release_input
+from data_puller_dagster.io.tables import PartialOutput
+
+# Moved to transform/gap_figures.py (the library reports them too); the old names stay importable here.
+from data_puller_dagster.transform.gap_figures import missing_by_day
+from data_puller_dagster.transform.gap_figures import symbol_completeness as _completeness  # noqa: F401
+from data_puller_dagster.transform.normalize_window import normalize_window
 
 CODE_VERSION = "normalized-1"
 
@@ -54,14 +45,6 @@ CHECK_COMPLETENESS = "complete_against_calendar"
 CHECK_FRESHNESS = "fresh"
 
 __all__ = ["MISSING_BY_DAY", "build_normalized_assets", "missing_by_day"]
-
-
-def missing_by_day(missing: pd.DatetimeIndex, key: str) -> dict[str, dict[str, int]]:
-    """Missing candles per UTC day for one symbol (one vectorized group count)."""
-    if missing.empty:
-        return {}
-    counts = pd.Series(1, index=missing).groupby(missing.strftime("%Y-%m-%d")).sum()
-    return {day: {key: int(n)} for day, n in counts.items()}
 
 
 def build_normalized_assets(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition:
@@ -129,41 +112,20 @@ def build_normalized_assets(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefini
     )
     def normalize_asset(context: AssetExecutionContext, raw: pd.DataFrame):
         window = context_window(context, cfg, feed)
-        now = pd.Timestamp.now(tz="UTC")
-        result = normalize(raw, asset_class=feed.asset_class, timeframe=tf, now=now)
-        quarantine, report = result.quarantine, result.report
-        # Each (symbol, day) partition is judged on its own rows: a rejected day (wrong interval, too much
-        # quarantined) keeps its stored version; the other days of the run are still stored.
-        rejections = judge_days(
-            raw, result, timeframe=tf, symbols=window.displays, days=window.dates,
-            max_quarantined_fraction=cfg.validation.max_quarantined_fraction,
-        )  # fmt: skip
-        data = drop_rejected(result.data, rejections)
-        key_of = {d: k for k, d in window.symbols.items()}
-        keep = frozenset((key_of[r.symbol], r.day) for r in rejections.itertuples())
-
-        outside = data[(data["ts"] < window.start_ts) | (data["ts"] >= window.end_ts)]
-        summary = validate_normalized(data)
-        quarantined_fraction = len(quarantine) / report.rows_in if report.rows_in else 0.0
-        storable = summary.ok and outside.empty and len(keep) < len(window.keys) * window.days
-        schema_ok = summary.ok and outside.empty and rejections.empty
-
-        # The data's partitions and the calendar grid of the window, computed once for every figure below.
-        data_groups = partition_groups(data, window)
-        grid = window_grid(feed, window, data_groups.layout, now)
-        per_symbol = _completeness(feed, window, data, now, grid)
-        missing = sum(s["missing"] for s in per_symbol.values())
-        segments = sum(s["segments"] for s in per_symbol.values())
-        expected = sum(s["expected"] for s in per_symbol.values())
-        present = sum(s["present"] for s in per_symbol.values())
-        completeness = present / expected if expected else 1.0
-        score = data_quality_score(completeness=completeness, rows_in=report.rows_in, quarantined=len(quarantine))
+        # Normalize, judge each (symbol, day) on its own rows (a rejected day keeps its stored version;
+        # the other days of the run are still stored), validate and measure: transform/normalize_window,
+        # the same code the library and `data-puller pull` run.
+        w = normalize_window(raw, feed, window, max_quarantined_fraction=cfg.validation.max_quarantined_fraction)
+        data, quarantine, report, rejections, keep = w.data, w.quarantine, w.report, w.rejections, w.keep
+        outside, summary, storable, schema_ok = w.outside, w.summary, w.storable, w.schema_ok
+        quarantined_fraction, data_groups, per_symbol, figures = w.quarantined_fraction, w.groups, w.per_symbol, w.figures
+        missing, segments, completeness, score = w.missing, w.segments, w.completeness, w.score
         # Each partition's own figures go to that partition's materialization; the Output (copied onto
         # every partition by Dagster) keeps only what is about the run as a whole.
-        figures = partition_figures(
-            feed, window, data=data, raw=raw, quarantine=quarantine, rejections=rejections, now=now,
-            groups=data_groups, grid=grid,
-        )  # fmt: skip
+        # The raw frame is not used past this point: free it before the outputs are written (their
+        # Arrow conversions and DuckDB's copy of the rows are the step's memory peak).
+        release_input(raw)
+        del raw
         run_report = _scalar_metadata(report.as_metadata())
         context.log.info(
             f"normalized {feed.name} {tf} {window.describe()}: run totals quality_score={sig(score)}, "
@@ -260,58 +222,6 @@ def build_normalized_assets(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefini
         )
 
     return normalize_asset
-
-
-def _completeness(
-    feed: FeedConfig, window: PartitionSlice, data: pd.DataFrame, now: pd.Timestamp, grid: WindowGrid | None = None
-) -> dict[str, dict[str, Any]]:
-    """Gaps and freshness per symbol against the market calendar, over candles that have closed by now.
-
-    A symbol is stale when the calendar expected a candle after the last final one present. The gaps are
-    those `find_gaps` reports over the window; they are read off the window's grid (`window_grid`, reused
-    when given), which the per-partition figures share.
-    """
-    end = min(pd.Timestamp(window.end_ts), now.floor(timeframes.pandas_freq(feed.timeframe)))
-    start = pd.Timestamp(window.start_ts)
-    is_final = data["is_final"].astype(bool).to_numpy()
-    displays = [feed.symbol_keys[key] for key in window.keys]
-    # String columns: every symbol's rows from one pass (symbol_index compares as `==` does).
-    index = symbol_index(data["symbol"], displays) if isinstance(data["symbol"].dtype, pd.StringDtype) else None
-    if grid is None and end > start:
-        grid = window_grid(feed, window, partition_layout(data, window), now)
-    out: dict[str, dict[str, Any]] = {}
-    for i, key in enumerate(window.keys):
-        if index is not None:
-            of_symbol = index == i
-        else:
-            of_symbol = (data["symbol"] == displays[i]).to_numpy(dtype=bool, na_value=False)
-        present = data["ts"][is_final & of_symbol]
-        last_present = present.max() if len(present) else None
-        if end <= start or grid is None:
-            out[key] = {"missing": 0, "segments": 0, "expected": 0, "present": 0, "by_day": {},
-                        "segment_list": [], "last": None, "stale": None}
-            continue
-        mask = grid.present[key]
-        missing_index = grid.grid[~mask]
-        segments = segments_of(missing_index, grid.grid, feed.timeframe)
-        last_missing = missing_index.max() if len(missing_index) else None
-        stale = None
-        if last_missing is not None and (last_present is None or last_missing > last_present):
-            stale = {"last_expected": str(last_missing), "last_present": str(last_present)}
-        out[key] = {
-            "missing": int(len(grid.grid) - int(mask.sum())),
-            "segments": len(segments),
-            "expected": len(grid.grid),
-            "present": int(mask.sum()),
-            "by_day": missing_by_day(missing_index, key),
-            "segment_list": [
-                {"start": str(r.start), "end": str(r.end), "missing": int(r.missing)}
-                for r in segments.itertuples()
-            ],
-            "last": str(last_present) if last_present is not None else None,
-            "stale": stale,
-        }
-    return out
 
 
 def _rejections_table(rejections: pd.DataFrame) -> dg.MetadataValue:

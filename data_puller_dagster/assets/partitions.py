@@ -7,23 +7,21 @@ name, so keys read `2024-01-05|BTCUSDT`.
 
 from __future__ import annotations
 
-import math
 from datetime import timedelta
 
 import dagster as dg
 from dagster import AssetExecutionContext
 
-from data_puller_dagster import timeframes
 from data_puller_dagster.config import AppConfig, FeedConfig
 from data_puller_dagster.io.io_manager import slice_from_keys
 from data_puller_dagster.io.tables import PartitionSlice
 
+# Plain arithmetic shared with the library's enrich(): transform/lookback.py (re-exported here).
+from data_puller_dagster.transform.lookback import days_for_candles  # noqa: F401
+
 DATE_DIM = "date"
 SYMBOL_DIM = "symbol"
 
-# Trading days per calendar day: crypto 7/7, forex 5/7, exchange-traded ~252/365.
-_DAY_SHARE = {"crypto": 1.0, "forex": 5 / 7, "equity": 252 / 365, "commodity": 252 / 365, "index": 252 / 365}
-_SESSION_SECONDS = 6.5 * 3600  # NYSE regular session
 
 
 def feed_partitions(feed: FeedConfig) -> dg.MultiPartitionsDefinition:
@@ -42,22 +40,6 @@ def backfill_policy(cfg: AppConfig) -> dg.BackfillPolicy:
     if cfg.runs.backfill_policy == "single_run":
         return dg.BackfillPolicy.single_run()
     return dg.BackfillPolicy.multi_run(cfg.runs.max_partitions_per_run)
-
-
-def days_for_candles(asset_class: str, timeframe: str, candles: int) -> int:
-    """Whole day partitions that hold at least `candles` candles of `timeframe` for this market.
-
-    Indicator warm-up is expressed in candles; partitions are days. Closed markets (weekends, nights,
-    holidays) mean fewer candles per day, so the offset is scaled by how much the market trades, plus
-    a margin for long weekends and holiday runs next to the window.
-    """
-    if candles <= 0:
-        return 0
-    per_trading_day = timeframes.candles_per_day(timeframe)
-    if asset_class in ("equity", "commodity", "index") and timeframe != "1d":
-        per_trading_day = max(math.floor(_SESSION_SECONDS / timeframes.seconds(timeframe)), 1)
-    per_calendar_day = per_trading_day * _DAY_SHARE[asset_class]
-    return math.ceil(candles / per_calendar_day) + 4
 
 
 def window_mapping(days_before: int, days_after: int = 0) -> dg.MultiPartitionMapping:

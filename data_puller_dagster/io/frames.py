@@ -289,6 +289,34 @@ def _convert(df: pd.DataFrame) -> pa.Table:
     return arrow
 
 
+# Recorded dtypes whose store round trip (to_arrow, then arrow_to_pandas + restore_dtypes on read)
+# gives back the same dtype and the same values; a frame with any other column is always read back.
+EXACT_ROUND_TRIP_DTYPES = frozenset({
+    "int64", "Int64", "float64", "bool", "string", "string[pyarrow]",
+    "datetime64[ns, UTC]", "datetime64[us, UTC]", "datetime64[ns]", "datetime64[us]",
+})  # fmt: skip
+
+
+def reads_back_as_is(df: pd.DataFrame, part: PartitionSlice) -> bool:
+    """Whether reading `part` back from a Parquet store, right after a whole write of `df` for it,
+    returns a frame equal to `df` itself: same columns, dtypes and values, rows in the same order,
+    RangeIndex.
+
+    True when every dtype round-trips exactly (EXACT_ROUND_TRIP_DTYPES), check_frame leaves the frame
+    as is (no sub-microsecond timestamps to floor), the rows already come grouped by (symbol key, day)
+    in the slice's key order (the order the day files are read in) and the index is 0..n-1. An empty
+    frame is never handed over (its read is `empty_frame`, whose index differs).
+    """
+    if not len(df) or not isinstance(df.index, pd.RangeIndex) or df.index.start != 0 or df.index.step != 1:
+        return False
+    if any(dtype_name(t) not in EXACT_ROUND_TRIP_DTYPES for t in df.dtypes):
+        return False
+    if truncate_to_us(df) is not df:
+        return False
+    order, _ = partition_ranges(df, part)
+    return order is None
+
+
 def redact_url(url: str) -> str:
     """A URL without its user-info (credentials must never reach logs or metadata)."""
     return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.\-]*://)[^/@]*@", r"\1***@", url)

@@ -22,7 +22,7 @@ import pyarrow as pa
 import requests
 
 from data_puller_dagster import timeframes
-from data_puller_dagster.config import AppConfig, BinanceSourceConfig
+from data_puller_dagster.config import AppConfig, BinanceSourceConfig, StorageConfig
 from data_puller_dagster.sources.bans import BanStore, ban_key
 from data_puller_dagster.sources.base import (
     BINANCE_RAW_DTYPES,
@@ -472,7 +472,34 @@ class BinanceAdapter:
 
         return cls.from_config(options, bans=BanStore.for_data_dir(cfg.storage.data_dir))
 
-    def __init__(self, rest: BinanceRest, archive: BinanceArchive | None = None):
+    def __init__(
+        self,
+        rest: BinanceRest | None = None,
+        archive: BinanceArchive | None = None,
+        /,
+        *,
+        bans: BanStore | None = None,
+        **options: Any,
+    ):
+        """`BinanceAdapter(rest[, archive])`: from parts (what `from_config` builds); or, without them,
+        from keyword options named as in `sources.binance` (`base_url`, `archive_url`, `use_archive`,
+        `weight_budget_per_minute`, `max_concurrency`, ...), whose defaults and checks are
+        BinanceSourceConfig's (`BINANCE_BASE_URL` / `BINANCE_ARCHIVE_URL` when not given). Other keywords
+        (`backoff_base`, `page_limit`, `budget`, ...) go to BinanceRest as `from_config`'s overrides.
+        `bans`: where 418 bans are persisted; default `<DATA_PULLER_HOME or ./data>/.state/bans.json`,
+        the file every pipeline process of the default data_dir reads."""
+        if rest is None:
+            from data_puller_dagster.sources.options import split_options
+
+            c, overrides = split_options(BinanceSourceConfig, options, "BinanceAdapter options")
+            if bans is None:
+                bans = BanStore.for_data_dir(StorageConfig().data_dir)
+            built = type(self).from_config(c, bans=bans, **overrides)
+            rest, archive = built.rest, built.archive
+        elif options or bans is not None:
+            raise TypeError(
+                "BinanceAdapter: pass either rest[, archive] or keyword options (base_url=..., ...), not both"
+            )
         self.rest = rest
         self.archive = archive
         self.checksum_fallbacks: list[ChecksumFallback] = []

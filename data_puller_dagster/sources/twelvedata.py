@@ -101,13 +101,14 @@ class TwelveDataAdapter:
 
     def __init__(
         self,
-        base_url: str,
-        api_key: str | None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        /,
         *,
-        outputsize: int = 5000,
-        timeout: float = 30.0,
-        max_retries: int = 5,
-        max_concurrency: int = 4,
+        outputsize: int | None = None,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        max_concurrency: int | None = None,
         budget: MinuteBudget | None = None,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
@@ -115,7 +116,40 @@ class TwelveDataAdapter:
         now: Callable[[], pd.Timestamp] | None = None,
         connect_timeout: float | None = None,
         max_retry_seconds: float | None = None,
+        **options: Any,
     ):
+        """`TwelveDataAdapter(base_url, api_key, ...)`: the client as given (what `from_config` builds;
+        no credit budget unless `budget` is passed). Without a positional base URL: from keyword options
+        named as in `sources.twelvedata` (`api_key`, `base_url`, `credits_per_minute`, `outputsize`,
+        `max_concurrency`, `timeout_seconds`, ...), whose defaults and checks are TwelveDataSourceConfig's
+        (`TWELVEDATA_BASE_URL` / `TWELVEDATA_API_KEY` when not given), with the per-minute credit budget
+        shared by every adapter of that base URL in the process, exactly as the pipeline builds it."""
+        if base_url is None:
+            from data_puller_dagster.sources.options import split_options
+
+            given = {"outputsize": outputsize, "max_retries": max_retries, "max_concurrency": max_concurrency,
+                     "max_retry_seconds": max_retry_seconds}  # fmt: skip
+            options.update({k: v for k, v in given.items() if v is not None})
+            if api_key is not None:  # TwelveDataAdapter(None, "key"): the key positionally
+                options.setdefault("api_key", api_key)
+            c, unknown = split_options(TwelveDataSourceConfig, options, "TwelveDataAdapter options")
+            if unknown:
+                raise TypeError(f"TwelveDataAdapter got unexpected keyword argument(s): {', '.join(unknown)}")
+            base_url = c.base_url
+            api_key = c.api_key.get_secret_value() if c.api_key is not None else None
+            outputsize, max_retries, max_concurrency = c.outputsize, c.max_retries, c.max_concurrency
+            timeout = c.timeout_seconds if timeout is None else timeout
+            connect_timeout = c.connect_timeout_seconds if connect_timeout is None else connect_timeout
+            max_retry_seconds = c.max_retry_seconds
+            budget = budget or shared_budget(
+                PROVIDER, c.base_url, lambda: MinuteBudget(c.credits_per_minute, 1.0, provider=PROVIDER)
+            )
+        elif options:
+            raise TypeError(f"TwelveDataAdapter got unexpected keyword argument(s): {', '.join(options)}")
+        outputsize = 5000 if outputsize is None else outputsize
+        timeout = 30.0 if timeout is None else timeout
+        max_retries = 5 if max_retries is None else max_retries
+        max_concurrency = 4 if max_concurrency is None else max_concurrency
         self.base_url = base_url.rstrip("/")
         self.local: Path | None = (
             Path(unquote(urlparse(self.base_url).path)) if self.base_url.startswith("file://") else None

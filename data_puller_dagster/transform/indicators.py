@@ -23,6 +23,8 @@ Why this module looks the way it does:
 - **No made-up values.** Each column is NaN until it has its full window (ta's own NaN pattern; ta's ATR
   writes zeros there, we write NaN). `indicators_ready` is True once the window has enough rows of that
   symbol for *every* indicator to be defined. Volume indicators are NaN where volume is NaN (forex).
+- **Candlestick patterns** (`indicators.patterns`, transform/patterns.py) are TA-Lib's `CDL*` flags as
+  columns `cdl_<name>`, computed over the same anchored day windows (one C call per day and pattern).
 - **Speed.** Everything is matrix arithmetic: windows are columns, recursions are pandas `ewm` (C loop,
   column by column), rolling windows are `window` vector steps; Python loops run over symbols, window
   offsets and columns, never over candles. ta's ATR is a Python loop; ours is the same recursion.
@@ -40,6 +42,12 @@ import numpy as np
 import pandas as pd
 
 from data_puller_dagster.config import IndicatorsConfig
+from data_puller_dagster.transform.patterns import (
+    pattern_blocks,
+    pattern_columns,
+    pattern_min_rows,
+    patterns_of_window,
+)
 from data_puller_dagster.transform.window_math import atr_blocks, ewm, rolling, shift1
 from data_puller_dagster.transform.window_math import average_true_range as average_true_range  # public
 
@@ -48,12 +56,13 @@ OBV_WINDOW = 20
 # Largest weight an exponential smoother's seed may keep after the warm-up history.
 MAX_DECAY_RESIDUAL = 1e-5
 READY_COLUMN = "indicators_ready"
-REQUIRED_COLUMNS = ("symbol", "ts", "high", "low", "close", "volume")
-_BASE = ("high", "low", "close", "volume")
+REQUIRED_COLUMNS = ("symbol", "ts", "high", "low", "close", "volume")  # + open when patterns are on
 NS_PER_DAY = 86_400 * 10**9
 
 # What a column's numbers are measured in; datasets round each kind to its own precision.
-IndicatorKind = Literal["price", "oscillator", "ratio", "volume"]
+# "price" is a price level (MA, band, VWAP), "price_delta" a price difference (MACD, ATR), "pattern" a
+# TA-Lib flag (+-100, +-200, 0).
+IndicatorKind = Literal["price", "price_delta", "oscillator", "ratio", "volume", "pattern"]
 
 
 class IndicatorInputError(ValueError):
@@ -78,9 +87,9 @@ def indicator_specs(cfg: IndicatorsConfig) -> list[IndicatorSpec]:
     if cfg.macd:
         fast, slow, sig = cfg.macd
         specs += [
-            IndicatorSpec(f"macd_{fast}_{slow}", "price", slow),
-            IndicatorSpec(f"macd_signal_{sig}", "price", slow + sig - 1),
-            IndicatorSpec("macd_hist", "price", slow + sig - 1),
+            IndicatorSpec(f"macd_{fast}_{slow}", "price_delta", slow),
+            IndicatorSpec(f"macd_signal_{sig}", "price_delta", slow + sig - 1),
+            IndicatorSpec("macd_hist", "price_delta", slow + sig - 1),
         ]
     if cfg.bollinger:
         w = cfg.bollinger[0]
@@ -94,7 +103,7 @@ def indicator_specs(cfg: IndicatorsConfig) -> list[IndicatorSpec]:
     specs += [IndicatorSpec(f"ema_{w}", "price", w) for w in cfg.ema_windows]
     specs += [IndicatorSpec(f"sma_{w}", "price", w) for w in cfg.sma_windows]
     if cfg.atr_window:
-        specs.append(IndicatorSpec(f"atr_{cfg.atr_window}", "price", cfg.atr_window))
+        specs.append(IndicatorSpec(f"atr_{cfg.atr_window}", "price_delta", cfg.atr_window))
     if cfg.obv:
         specs.append(IndicatorSpec(f"obv_{OBV_WINDOW}", "volume", OBV_WINDOW + 1, uses_volume=True))
     if cfg.stochastic:
@@ -118,13 +127,18 @@ def indicator_columns(cfg: IndicatorsConfig, has_volume: bool = True) -> list[st
 
 
 def indicator_kinds(cfg: IndicatorsConfig) -> dict[str, IndicatorKind]:
-    """Column -> unit kind, so datasets can round prices, oscillators, ratios and volumes differently."""
-    return {s.column: s.kind for s in indicator_specs(cfg)}
+    """Column -> unit kind (pattern columns included), so datasets can encode each kind its own way."""
+    return {**{s.column: s.kind for s in indicator_specs(cfg)}, **dict.fromkeys(pattern_columns(cfg), "pattern")}
+
+
+def enriched_columns(cfg: IndicatorsConfig) -> list[str]:
+    """Every column the enriched layer adds (indicators, then pattern flags), without `indicators_ready`."""
+    return [s.column for s in indicator_specs(cfg)] + pattern_columns(cfg)
 
 
 def min_history(cfg: IndicatorsConfig) -> int:
-    """Rows of a symbol (current included) after which every enabled indicator has a value."""
-    return max((s.min_rows for s in indicator_specs(cfg)), default=1)
+    """Rows of a symbol (current included) after which every enabled indicator and pattern has a value."""
+    return max([s.min_rows for s in indicator_specs(cfg)] + [pattern_min_rows(cfg)])
 
 
 def _smoothers(cfg: IndicatorsConfig) -> list[tuple[float, int]]:
@@ -220,19 +234,25 @@ def _indicator_blocks(
 
 def _checked_names(df: pd.DataFrame, cfg: IndicatorsConfig) -> list[str]:
     """The output column names, after checking `df` is canonical candles without indicator columns."""
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    required = [*REQUIRED_COLUMNS, *(["open"] if cfg.patterns else [])]
+    missing = [c for c in required if c not in df.columns]
     if missing:
         raise IndicatorInputError(
             f"compute_indicators needs canonical candles; columns {missing} are missing from the input "
             f"(has {list(df.columns)}); pass the normalized/derived OHLCV frame"
         )
-    names = [s.column for s in indicator_specs(cfg)]
+    names = enriched_columns(cfg)
     clash = [c for c in [*names, READY_COLUMN] if c in df.columns]
     if clash:
         raise IndicatorInputError(
             f"input already has indicator columns {clash}; pass raw canonical candles, not an enriched frame"
         )
     return names
+
+
+def _base_columns(cfg: IndicatorsConfig) -> list[str]:
+    """open, high, low, close, volume (close stands in for open when no pattern needs it)."""
+    return ["open" if cfg.patterns else "close", "high", "low", "close", "volume"]
 
 
 def _symbol_order(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -268,11 +288,12 @@ def compute_indicators(df: pd.DataFrame, cfg: IndicatorsConfig) -> pd.DataFrame:
         order, s_codes, _ = _symbol_order(df)
         bounds = np.r_[0, np.flatnonzero(s_codes[1:] != s_codes[:-1]) + 1, n]
         need = min_history(cfg)
-        base = df[list(_BASE)].astype("float64").to_numpy()[order]
+        base = df[_base_columns(cfg)].astype("float64").to_numpy()[order]
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):  # one iteration per symbol
             cols = {
-                k: x[:, 0] for k, x in _indicator_blocks(*(base[a:b, j, None] for j in range(4)), cfg).items()
+                k: x[:, 0] for k, x in _indicator_blocks(*(base[a:b, j, None] for j in range(1, 5)), cfg).items()
             }
+            cols.update(patterns_of_window(*(base[a:b, j] for j in range(4)), cfg.patterns))
             rows = order[a:b]
             for k, name in enumerate(names):
                 values[k, rows] = cols[name]
@@ -340,7 +361,7 @@ def compute_indicators_by_day(
     if len(df):
         order, s_codes, s_ts = _symbol_order(df)
         bounds = np.r_[0, np.flatnonzero(s_codes[1:] != s_codes[:-1]) + 1, len(df)]
-        base = df[list(_BASE)].astype("float64").to_numpy()[order]
+        base = df[_base_columns(cfg)].astype("float64").to_numpy()[order]
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):  # one iteration per symbol
             anchors, firsts, stops = day_blocks(s_ts[a:b], lo, hi, warm, lookback_days)
             if len(anchors):
@@ -372,12 +393,17 @@ def _windows(
     depth = int(lengths.max())
     pos = anchors[None, :] + np.arange(depth)[:, None]  # depth x B positions into base
     inside = np.arange(depth)[:, None] < lengths[None, :]
-    mats = [np.where(inside, base[np.minimum(pos, len(base) - 1), j], np.nan) for j in range(len(_BASE))]
+    mats = [np.where(inside, base[np.minimum(pos, len(base) - 1), j], np.nan) for j in range(1, 5)]
     cols = _indicator_blocks(*mats, cfg)
     # Day k's own rows sit at depths [first_k - anchor_k, stop_k - anchor_k) of column k.
     k = np.repeat(np.arange(len(anchors)), stops - firsts)
     depth_of = np.arange(firsts[0], stops[-1]) - anchors[k]  # consecutive days: rows are contiguous
-    values = np.stack([cols[name][depth_of, k] for name in names]) if names else np.empty((0, len(k)))
+    technical = [n for n in names if n in cols]
+    values = np.empty((len(names), len(k)))
+    for r, name in enumerate(technical):
+        values[r] = cols[name][depth_of, k]
+    if cfg.patterns:  # TA-Lib over each day's window, rows after the technical indicators (names order)
+        values[len(technical) :] = pattern_blocks(base[:, :4], anchors, firsts, stops, cfg.patterns)
     return values, depth_of >= min_history(cfg) - 1
 
 

@@ -73,6 +73,16 @@ RULES: dict[str, str] = {
 VALUE_COLUMNS = ["open", "high", "low", "close", "volume", "trades", "quote_volume", "source", "is_final"]
 BINANCE_REQUIRED = ("open_time", "open", "high", "low", "close", "volume", "symbol", "fetched_at")
 TWELVEDATA_REQUIRED = ("datetime", "open", "high", "low", "close", "symbol", "fetched_at")
+# Every raw column normalize reads, per layout (the others, e.g. Binance's taker volumes, only stay in
+# the raw layer); and the ones a consumed raw frame keeps for the caller (acceptance.judge_days and the
+# per-partition figures count its rows by symbol and ts).
+_READS = ("open", "high", "low", "close", "volume", "quote_volume", "trades", "fetched_at", "symbol", "source",
+          "timeframe")  # fmt: skip
+RAW_COLUMNS_READ = {
+    "binance": frozenset({"open_time", "close_time", *_READS}),
+    "twelvedata": frozenset({"datetime", "interval", *_READS}),
+}
+RAW_COLUMNS_KEPT = frozenset({"ts", "symbol"})
 
 
 class RawFrameError(ValueError):
@@ -332,11 +342,18 @@ def normalize(
     timeframe: str,
     now: pd.Timestamp | None = None,
     raw_tz: str = "UTC",
+    consume_raw: bool = False,
 ) -> NormalizeResult:
     """Turn one adapter's raw frame (one or many symbols, one timeframe) into canonical candles.
 
     `now` (default: the current time) only bounds `future_ts`; finality comes from each row's own
     `fetched_at`. See the module docstring for every rule.
+
+    `consume_raw=True` hands `raw` over: each of its columns is dropped from it (in place) as soon
+    as it has been read for the last time, except RAW_COLUMNS_KEPT, so the raw text (~150 MB for a
+    year of 1m) is freed while the canonical columns are built instead of after. Pass it only for a
+    frame nobody else reads (the normalize asset does for the input the IO manager gave it alone).
+    The result is the same either way.
     """
     timeframes.check_timeframe(timeframe)
     family(asset_class)  # raises on an unknown asset class
@@ -351,12 +368,24 @@ def normalize(
         raw = raw.reset_index(drop=True)  # positional masks below rely on a 0..n-1 index
     n = len(raw)
 
+    def spent(*columns: str) -> None:
+        """With consume_raw, drop these raw columns (read for the last time) from the frame."""
+        gone = [c for c in columns if c in raw.columns and c not in RAW_COLUMNS_KEPT]
+        if consume_raw and gone:
+            raw.drop(columns=gone, inplace=True)
+            # Arrow's pool keeps freed pages mapped: hand them back, so the canonical columns built
+            # next reuse that memory instead of adding to it (about a millisecond a call).
+            pa.default_memory_pool().release_unused()
+
+    spent(*(c for c in raw.columns if c not in RAW_COLUMNS_READ[layout]))
+
     if layout == "binance":
         ts_ns, raw_ts = _binance_ts(raw)
         interval_s = _binance_interval_s(raw)
     else:
         ts_ns, raw_ts = _twelvedata_ts(raw, raw_tz)
         interval_s = _twelvedata_interval_s(raw)
+    spent("open_time", "close_time", "datetime", "interval")  # raw_ts keeps what quarantine needs
     ts = pd.Series(ts_ns.view("datetime64[ns]"), dtype="datetime64[ns]").dt.tz_localize("UTC")
     ts_ok = ~ts.isna().to_numpy()
 
@@ -365,6 +394,7 @@ def normalize(
     for c in ("open", "high", "low", "close"):
         prices[c], bad = _to_float(raw[c])
         bad_price |= bad | ~np.isfinite(prices[c])
+        spent(c)
     volume, bad_vol = (
         _to_float(raw["volume"]) if "volume" in raw.columns else (np.full(n, np.nan), np.zeros(n, dtype=bool))
     )
@@ -378,8 +408,10 @@ def normalize(
     else:
         trades = pd.Series(pd.NA, index=raw.index, dtype="Int64")
         bad_trades = np.zeros(n, dtype=bool)
+    spent("volume", "quote_volume", "trades")
 
     fetched_at = _utc_col(raw, "fetched_at")
+    spent("fetched_at")
     step = pd.Timedelta(seconds=timeframes.seconds(timeframe))
     is_final = (fetched_at >= ts + step).fillna(False).to_numpy(dtype=bool)
     sym_codes, sym_uniq = _text_codes(raw["symbol"])
@@ -393,6 +425,7 @@ def normalize(
         tf_mismatch = np.array([u != timeframe for u in tf_uniq] + [False], dtype=bool)[tf_codes]  # <NA>: no
     else:
         tf_mismatch = np.zeros(n, dtype=bool)
+    spent("source", "timeframe")
 
     o, h, lo, c = prices["open"], prices["high"], prices["low"], prices["close"]
     with np.errstate(invalid="ignore"):

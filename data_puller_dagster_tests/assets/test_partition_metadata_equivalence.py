@@ -19,7 +19,6 @@ import pytest
 
 from data_puller_dagster import timeframes
 from data_puller_dagster.assets import normalized as normalized_mod
-from data_puller_dagster.assets import partition_metadata
 from data_puller_dagster.assets.catalog import COLUMN_DESCRIPTIONS
 from data_puller_dagster.assets.metadata import PREVIEW_ROWS, frame_metadata, slices_metadata
 from data_puller_dagster.assets.normalized_metadata import partition_figures, window_grid
@@ -33,6 +32,7 @@ from data_puller_dagster.assets.partition_metadata import (
 from data_puller_dagster.assets.partitions import feed_partitions
 from data_puller_dagster.config import parse_config
 from data_puller_dagster.io.tables import PartitionSlice
+from data_puller_dagster.transform import partition_layout as partition_layout_mod
 from data_puller_dagster.transform.acceptance import drop_rejected, judge_days
 from data_puller_dagster.transform.gaps import find_gaps
 from data_puller_dagster.transform.normalize import normalize
@@ -277,7 +277,7 @@ def test_partition_groups_equal_the_groupby(scenario, which):
 def test_partition_groups_with_odd_symbols(scenario, dtype, few, monkeypatch):
     """Rows without a symbol or of a symbol outside the window belong to no partition, whatever the
     column's dtype and however the rows are matched to the window's symbols (compared or factorized)."""
-    monkeypatch.setattr(partition_metadata, "FEW_SYMBOLS", few)
+    monkeypatch.setattr(partition_layout_mod, "FEW_SYMBOLS", few)  # where symbol_index reads it
     _, raw, _, window, _, data, _, _ = scenario
     frame = data.copy()
     symbol = frame["symbol"].astype(object)

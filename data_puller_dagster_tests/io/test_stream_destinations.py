@@ -8,6 +8,10 @@ no consumer see a candle twice (Redis: the broker refuses it; RabbitMQ/Kafka: th
 same deterministic id, and deduplicating on it restores the slice exactly); batch_size is visible at
 the broker or on the wire; bad options and unreachable brokers fail at once with clear messages and
 no secrets. Under CI=true an unreachable Redis/RabbitMQ fails these tests instead of skipping them.
+
+The webhook and websocket_server streams have no broker: the broker tests read them back through a
+real HTTP receiver / websockets subscriber started by the test (their modules); their option and
+failure tests (which differ: a required URL, retries; a server that binds a port) live there too.
 """
 
 from __future__ import annotations
@@ -41,9 +45,13 @@ from data_puller_dagster.io.errors import FrameContractError
 from data_puller_dagster.io.tables import PartitionSlice, TableRef
 from data_puller_dagster.transform.canonical import CANONICAL_DTYPES
 from data_puller_dagster_tests.io.conftest import candles
+from data_puller_dagster_tests.io.test_webhook_destination import WebhookBroker
+from data_puller_dagster_tests.io.test_websocket_server_destination import WebSocketBroker
 from data_puller_dagster_tests.servers.kafka import free_port
 
 KINDS = ["redis_stream", "rabbitmq", "kafka"]
+# Streams without a broker, read back by a receiver / subscriber of the test's own (see their modules).
+PUSH_KINDS = {"webhook": WebhookBroker, "websocket_server": WebSocketBroker}
 REDIS_URL = os.environ.get("DATA_PULLER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 AMQP_URL = os.environ.get("DATA_PULLER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 SYMBOLS = {"EURUSD": "EUR/USD", "GBPUSD": "GBP/USD"}
@@ -188,7 +196,7 @@ class KafkaBroker(Broker):
                 pass
 
 
-@pytest.fixture(params=KINDS)
+@pytest.fixture(params=[*KINDS, *PUSH_KINDS])
 def broker(request: pytest.FixtureRequest):
     if request.param == "redis_stream":
         need(REDIS_URL, "Redis")
@@ -196,6 +204,8 @@ def broker(request: pytest.FixtureRequest):
     elif request.param == "rabbitmq":
         need(AMQP_URL, "RabbitMQ")
         b = RabbitBroker()
+    elif request.param in PUSH_KINDS:
+        b = PUSH_KINDS[request.param]()
     else:
         b = KafkaBroker(request.getfixturevalue("kafka_bootstrap"))
     yield b
@@ -248,7 +258,7 @@ def test_publishes_every_candle_exactly_and_in_order(broker: Broker) -> None:
             assert {(r["routing_key"], r["delivery_mode"], r["content_type"]) for r in recs} == {
                 (f"{broker.feed}.{key}.1h", 2, "application/json")
             }
-        else:
+        elif broker.kind == "kafka":
             assert {r["key"] for r in recs} == {symbol}
 
 
@@ -261,6 +271,13 @@ def test_republishing_a_slice_gives_no_consumer_a_candle_twice(broker: Broker) -
     finally:
         dest.close()
     n = len(df)
+    if broker.kind in PUSH_KINDS:
+        # webhook: the copies go out under the same Idempotency-Keys and the receiver processes none of
+        # them again; websocket_server: the server sends nothing it has sent already.
+        assert (first["published"], again["published"]) == (n, n if broker.kind == "webhook" else 0)
+        records = broker.consume(n)
+        assert len(records) == n == len({r["id"] for r in records})
+        return
     if broker.kind == "redis_stream":
         # Redis refuses the copies: the stream holds each candle once, and the retry sent nothing.
         assert (first["published"], again["published"], again["skipped_rows"]) == (n, 0, n)
@@ -331,6 +348,18 @@ def _monitored_batches(r: redis.Redis, publish: Any, prefix: str) -> list[int]:
 def test_batch_size_is_honoured(broker: Broker) -> None:
     df = frame()
     n = len(df)
+    if broker.kind in PUSH_KINDS:
+        # webhook: one request per batch; websocket_server: one hand-over to the server's loop per batch
+        # (its wire carries one frame per candle).
+        dest = broker.destination(batch_size=70)
+        md = dest.publish(broker.table, df, broker.part, batch_size=50)  # the route's batch_size wins
+        dest.close()
+        records = broker.consume(n)
+        assert md["batches"] == math.ceil(n / 50) and len(records) == n
+        if broker.kind == "webhook":
+            sizes = pd.Series([r["batch_id"] for r in records]).value_counts(sort=False).tolist()
+            assert sizes == [50] * (n // 50) + [n % 50]
+        return
     if broker.kind == "redis_stream":
         # MONITOR shows each batch as one MULTI ... EXEC of the publisher's connection.
         dest = broker.destination(batch_size=70)
@@ -394,11 +423,24 @@ def test_broker_specific_edges(broker: Broker) -> None:
         md = dest.publish(broker.table, df.iloc[:7], broker.part)
         broker.ch.exchange_delete(f"{broker.feed}.unbound")
         assert (md["published"], md["unroutable"]) == (7, 7)
-    else:
+    elif broker.kind == "kafka":
         dest = broker.destination(topic="{feed}.missing", create_topics=False)
         with pytest.raises(StreamPublishError, match=rf"\['{broker.feed}.missing'\] do not exist"):
             dest.publish(broker.table, df, broker.part)
         dest.close()
+    elif broker.kind == "webhook":
+        # The receiver processed the first batch but answered 500: the retry carries the same key and
+        # is not processed again.
+        broker.receiver.plan.append(("after", 500))  # type: ignore[attr-defined]
+        md = broker.destination().publish(broker.table, df, broker.part)
+        assert md["retries"] == 1 and len(broker.consume(len(df))) == len(df)
+    else:
+        # Another feed's table reaches no subscriber of this feed (each subscribed to {"feeds": [feed]}).
+        other = TableRef("otherfeed", broker.table.name, "normalized", "forex", "1h", ("symbol", "ts"))
+        dest = broker.destination()
+        md = dest.publish(other, df, broker.part)
+        dest.close()
+        assert (md["clients"], md["queued_messages"]) == (1, 0) and broker.consume(0) == []
 
 
 BAD_OPTIONS = {

@@ -12,6 +12,14 @@ stream's last entry are never added later (a backfill of older days, a re-fetche
 values); they are counted in `skipped_rows`. Delete the stream (or use another template) to republish
 history.
 
+**Live tables** (`data-puller stream`): final candles go to `stream` exactly as above (candle-time ids,
+exactly once, in time order: the stream runner routes each symbol's finals in order). In-progress updates
+(`is_final` false, only sent by routes with `in_progress: true`) all share their candle's id, so they
+never enter `stream` (the first would take the id its final candle needs); with `updates_stream` set,
+every row of such a route (updates and finals) is also added there with a Redis-generated id (`*`): the
+full life of each candle, at least once (a re-published batch appears again; dedupe on `id` +
+`data`). Without it, in-progress rows are counted in `skipped_in_progress`.
+
 Each batch of `batch_size` XADDs is one MULTI/EXEC pipeline: one round trip, and a consumer never
 sees half a batch. `maxlen` trims each stream approximately (`MAXLEN ~`), which is cheap for Redis.
 """
@@ -46,6 +54,7 @@ from data_puller_dagster.io.tables import TableRef
 STREAM_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,200}")
 _PLACEHOLDERS = ("feed", "table", "symbol_key", "timeframe")
 _ID_TOO_SMALL = "equal or smaller than the target stream top item"
+_IN_PROGRESS = b'"is_final":false'  # only the key can match: quotes inside JSON strings are escaped
 
 
 class RedisStreamOptions(StreamOptions):
@@ -56,6 +65,11 @@ class RedisStreamOptions(StreamOptions):
     stream: str = Field(
         "{feed}:{table}:{symbol_key}",
         description="Stream key template: {feed}, {table}, {symbol_key} (required), {timeframe}",
+    )
+    updates_stream: str | None = Field(
+        None,
+        description="Live tables, routes with in_progress: true: stream key template that also gets every row, "
+        "in-progress updates included, with Redis-generated ids (at least once); {symbol_key} required",
     )
     maxlen: int | None = Field(
         None, gt=0, description="Trim each stream to about this many entries (MAXLEN ~); none: keep all"
@@ -76,6 +90,12 @@ class RedisStreamOptions(StreamOptions):
         if parts.path.strip("/") and not parts.path.strip("/").isdigit():
             raise ValueError(f"url {shown!r}: the path must be a database number, e.g. /0")
         return v
+
+    @field_validator("updates_stream")
+    @classmethod
+    def _updates_stream(cls, v: str | None) -> str | None:
+        return None if v is None else check_template(v, _PLACEHOLDERS, "updates_stream name", STREAM_NAME,
+                                                      required=("symbol_key",))  # fmt: skip
 
     @field_validator("stream")
     @classmethod
@@ -116,7 +136,7 @@ class RedisStreamDestination(StreamBase):
         if not len(messages):
             return {**md, "published": 0, "skipped_rows": 0, "batches": 0}
         try:
-            return {**md, **self._xadd(messages, streams, batch_size)}
+            return {**md, **self._xadd(messages, streams, batch_size, table)}
         except redis.AuthenticationError:
             raise StreamUnreachableError(
                 f"redis_stream: {self._shown} refused the credentials (password not shown); fix the url"
@@ -127,8 +147,13 @@ class RedisStreamDestination(StreamBase):
                 "or start Redis"
             ) from None
 
-    def _xadd(self, messages: Messages, streams: list[str], batch_size: int) -> dict[str, Any]:
+    def _xadd(self, messages: Messages, streams: list[str], batch_size: int, table: TableRef) -> dict[str, Any]:
         r = self._redis()
+        live_md: dict[str, Any] = {}
+        in_progress = None
+        if table.layer == "live":  # see the module docstring: updates never take a candle's id
+            in_progress = np.fromiter((_IN_PROGRESS in p for p in messages.payloads), bool, len(messages))
+            live_md = self._xadd_updates(r, table, messages, batch_size, in_progress)
         last = self._last_ms(r, streams)
         # Rows newer than their stream's last entry, found per symbol by one binary search (ts sorted).
         send = np.concatenate(
@@ -137,6 +162,8 @@ class RedisStreamDestination(StreamBase):
                 for (_, _, a, b), top in zip(messages.runs, last, strict=True)
             ]
         )
+        if in_progress is not None and in_progress.any():
+            send = send[~in_progress[send]]
         stream_of = np.repeat(np.arange(len(streams)), [b - a for _, _, a, b in messages.runs])
         maxlen = self.options.maxlen
         published = refused = n_batches = 0
@@ -166,7 +193,27 @@ class RedisStreamDestination(StreamBase):
             "skipped_rows": len(messages) - published,
             "refused_as_duplicate": refused,
             "batches": n_batches,
+            **live_md,
         }
+
+    def _xadd_updates(
+        self, r: redis.Redis, table: TableRef, messages: Messages, batch_size: int, in_progress: np.ndarray
+    ) -> dict[str, Any]:
+        """Live rows to `updates_stream` with Redis-generated ids (or count the in-progress ones skipped)."""
+        template = self.options.updates_stream
+        if template is None:
+            return {"skipped_in_progress": int(in_progress.sum())}
+        names = {key: render_name(template, name_values(table, key), "updates_stream name", STREAM_NAME)
+                 for key, _, _, _ in messages.runs}  # fmt: skip
+        for rows in batches(range(len(messages)), batch_size):
+            pipe = r.pipeline(transaction=True)
+            for i in rows:
+                pipe.xadd(names[messages.keys[i]], {"id": messages.ids[i], "data": messages.payloads[i]},
+                          maxlen=self.options.maxlen, approximate=True)  # fmt: skip
+            for res in pipe.execute(raise_on_error=False):
+                if isinstance(res, Exception):
+                    raise StreamPublishError(f"redis_stream: XADD to the updates stream failed: {res}")
+        return {"updates_published": len(messages), "skipped_in_progress": int(in_progress.sum())}
 
     @staticmethod
     def _last_ms(r: redis.Redis, streams: list[str]) -> list[int]:

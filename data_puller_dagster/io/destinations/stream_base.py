@@ -36,7 +36,7 @@ from data_puller_dagster.io.tables import PartitionSlice, TableRef
 from data_puller_dagster.symbols import partition_key
 
 # Layers with exactly one row per (symbol, ts): the only ones a per-candle message id identifies.
-STREAM_LAYERS = ("normalized", "derived", "enriched")
+STREAM_LAYERS = ("normalized", "derived", "enriched", "live")
 _NS_PER_MS = 1_000_000
 
 
