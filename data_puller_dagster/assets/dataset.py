@@ -103,7 +103,7 @@ def build_dataset_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition
     def dataset(context: AssetExecutionContext, enriched: pd.DataFrame) -> dg.Output[pd.DataFrame]:
         window = context_window(context, cfg, feed)
         # Per symbol, each day gated on its own completeness: transform/dataset_window (also the library's).
-        out, excluded_quality = window_examples(
+        out, excluded = window_examples(
             enriched,
             feed=feed,
             dataset=cfg.dataset_for(feed),
@@ -121,9 +121,15 @@ def build_dataset_asset(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefinition
         )
         context.log.info(
             f"dataset {tf} {window.describe()}: {len(out)} example(s) {_splits(out)}, "
-            f"{excluded_quality} excluded for low quality"
+            f"{excluded['low_quality']} excluded for low quality, {excluded['token_budget']} over the token budget"
         )
-        return dg.Output(out, metadata={"excluded_low_quality": dg.MetadataValue.int(excluded_quality)})
+        return dg.Output(
+            out,
+            metadata={
+                "excluded_low_quality": dg.MetadataValue.int(excluded["low_quality"]),
+                "excluded_token_budget": dg.MetadataValue.int(excluded["token_budget"]),
+            },
+        )
 
     return dataset
 

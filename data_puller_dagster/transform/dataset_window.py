@@ -44,15 +44,16 @@ def window_examples(
     end: pd.Timestamp,
     lookback_days: int | None,
     lookahead_days: int = 1,
-) -> tuple[pd.DataFrame, int]:
-    """(examples of the candles with ts in [start, end), examples excluded for low quality).
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """(examples of the candles with ts in [start, end), examples excluded: {"low_quality": n,
+    "token_budget": n}).
 
     `enriched` holds the enriched candles of `feed.llm_timeframe` for one or more symbols, including
     the context before `start` and the candle after `end` (what the dataset asset reads).
     """
     tf = feed.llm_timeframe
     frames = []
-    excluded_quality = 0
+    excluded = {"low_quality": 0, "token_budget": 0}
     for _, rows in enriched.groupby("symbol", sort=True):  # one iteration per symbol
         rows = rows.sort_values("ts", kind="stable").reset_index(drop=True)
         batch = build_examples(
@@ -67,6 +68,7 @@ def window_examples(
             lookahead_days=lookahead_days,
         )
         frames.append(batch.frame)
-        excluded_quality += int(batch.excluded_low_quality)
+        excluded["low_quality"] += int(batch.excluded_low_quality)
+        excluded["token_budget"] += int(batch.excluded_token_budget)
     out = pd.concat(frames, ignore_index=True) if frames else empty_examples()
-    return out, excluded_quality
+    return out, excluded
