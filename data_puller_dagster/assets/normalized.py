@@ -28,7 +28,7 @@ from data_puller_dagster.assets.partitions import (
     feed_partitions,
 )
 from data_puller_dagster.config import AppConfig, FeedConfig
-from data_puller_dagster.io.io_manager import release_input
+from data_puller_dagster.io.io_manager import owned_input, release_input
 from data_puller_dagster.io.tables import PartialOutput
 
 # Moved to transform/gap_figures.py (the library reports them too); the old names stay importable here.
@@ -115,7 +115,13 @@ def build_normalized_assets(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefini
         # Normalize, judge each (symbol, day) on its own rows (a rejected day keeps its stored version;
         # the other days of the run are still stored), validate and measure: transform/normalize_window,
         # the same code the library and `data-puller pull` run.
-        w = normalize_window(raw, feed, window, max_quarantined_fraction=cfg.validation.max_quarantined_fraction)
+        w = normalize_window(
+            raw,
+            feed,
+            window,
+            max_quarantined_fraction=cfg.validation.max_quarantined_fraction,
+            consume_raw=owned_input(raw),
+        )
         data, quarantine, report, rejections, keep = w.data, w.quarantine, w.report, w.rejections, w.keep
         outside, summary, storable, schema_ok = w.outside, w.summary, w.storable, w.schema_ok
         quarantined_fraction, data_groups, per_symbol, figures = w.quarantined_fraction, w.groups, w.per_symbol, w.figures

@@ -36,6 +36,14 @@ DATE_DIM = "date"
 SYMBOL_DIM = "symbol"
 _META = "data_puller/"
 
+# Rows per routed write. Why: a store's write holds a copy of its rows besides the frame (the Arrow
+# conversion, DuckDB's transaction-local copy and checkpoint: ~160 MB for a year of raw 1m), so a
+# year of 1m rows is written as 5 writes of whole days (each still one transaction per store, every
+# partition still replaced atomically). The CLI run of a year (raw + normalized) peaked at 553 instead
+# of 615 MiB, at no measurable CPU cost; 32k-row pieces were slower and higher (620 MiB: DuckDB's
+# checkpoint per write), 64k-row pieces the same as 128k.
+WRITE_CHUNK_ROWS = 131_072
+
 
 def _load_libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
@@ -53,13 +61,14 @@ def use_system_arrow_pool() -> None:
     """Allocate Arrow buffers with the system allocator (glibc malloc) unless ARROW_DEFAULT_MEMORY_POOL
     chooses one.
 
-    Why: a range run's Arrow buffers are allocated on the page-fetch, Parquet and DuckDB threads and
-    freed on another; mimalloc, Arrow's default, keeps such pages in the allocating threads' heaps, out
-    of reach of release_unused. With the system pool and release_freed_memory at the step boundaries,
-    the CLI run of a year of 1m (raw + normalized) peaks ~45 MB lower (515-524 vs 557-571 MiB); the
-    pull, normalize and Parquet benchmarks took the same time with either pool. Set on import of this
-    module, i.e. in processes that load the Dagster definitions; buffers allocated before keep their
-    pool.
+    Why: a range run's Arrow buffers are allocated on the page-fetch threads and freed on another;
+    mimalloc, Arrow's default, keeps such pages in the allocating threads' heaps, out of reach of
+    release_unused. The CLI run of a year of 1m (raw + normalized) peaked 553 instead of 564 MiB
+    (medians of 5) with it; the pull, normalize and Parquet benchmarks took the same time with either
+    pool. This switches the pool pyarrow's Python API allocates from; Arrow's C++ internals (Parquet
+    encoding, dataset scans) keep the default chosen when pyarrow loads, which only the environment
+    variable can change (exported before Python starts, ARROW_DEFAULT_MEMORY_POOL=system gave 529 MiB).
+    Set on import of this module, i.e. in processes that load the Dagster definitions.
     """
     if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
         pa.set_memory_pool(pa.system_memory_pool())
@@ -72,11 +81,12 @@ def release_freed_memory() -> None:
     """Give memory that is already freed back to the OS: the Arrow pool's cached pages and the top of
     glibc's heap.
 
-    Why: Arrow's default pool (mimalloc) keeps the pages of freed buffers mapped for reuse. After a
-    year of 1m pages is fetched and concatenated, ~125 MB of freed page buffers stay resident
-    through the step's writes (the step's memory peak: the Arrow conversion plus DuckDB's copy of the
-    rows), and Parquet decoding leaves ~30 MB after a read. Called before a step's output is written
-    and after an input is read; each call takes about a millisecond and frees nothing that is in use.
+    Why: Arrow's pools keep the pages of freed buffers mapped for reuse. After a year of 1m pages is
+    fetched and concatenated, ~125 MB of freed page buffers stayed resident through the raw step's
+    writes (the step's memory peak: the Arrow conversion plus DuckDB's copy of the rows), and Parquet
+    decoding leaves ~30-60 MB after a read. Called after the fetch, before and after a step's output is
+    written and after an input is read: a few milliseconds when there is something to free, ~2 ms
+    otherwise; it frees nothing that is in use.
     """
     pool = pa.default_memory_pool()
     pool.release_unused()  # the system pool's is malloc_trim itself
@@ -208,9 +218,10 @@ def slice_from_keys(
 class RouterIOManager(dg.IOManager):
     """Routes asset outputs through the Router and loads inputs from the primary store."""
 
-    def __init__(self, cfg: AppConfig, router: Router | None = None):
+    def __init__(self, cfg: AppConfig, router: Router | None = None, write_chunk_rows: int = WRITE_CHUNK_ROWS):
         self.cfg = cfg
         self.router = router or Router(cfg)
+        self.write_chunk_rows = write_chunk_rows
         self._handoff: _Handoff | None = None
         # How inputs were served ("memory": handed over, "storage": read), for tests and debugging.
         self.inputs_served: dict[str, int] = {"memory": 0, "storage": 0}
@@ -238,7 +249,7 @@ class RouterIOManager(dg.IOManager):
         # Only the accepted partitions are replaced, each contiguous run of days on its own; a large
         # frame is written in pieces of whole days (see WRITE_CHUNK_ROWS).
         for sub in part.without(keep) if keep else [part]:
-            for piece, piece_part in _pieces(_restrict(obj, sub) if keep else obj, sub):
+            for piece, piece_part in _pieces(_restrict(obj, sub) if keep else obj, sub, self.write_chunk_rows):
                 summaries.append(self.router.write(table, piece, piece_part))
         rows: dict[str, int] = {}
         md: dict[str, Any] = {"slice": dg.MetadataValue.text(part.describe())}
@@ -272,35 +283,30 @@ class RouterIOManager(dg.IOManager):
     ) -> None:
         """Keep `df` in the slot if a later step of this run reads this output and a read of the slice
         would return exactly `df` (see _Handoff)."""
-        primary = self.cfg.storage.primary
-        routes = {r.id: r for r in self.router.routes_for(table)}
-        whole = [
-            r for r in routes.values()
-            if primary in r.destinations and not r.filter and r.match.symbol is None
-            and getattr(r, "transform", None) is None
-        ]  # fmt: skip
-        stored = sum(
-            r.rows for s in summaries for r in s.results if r.ok and r.destination == primary and r.route in
-            {w.id for w in whole}
-        )  # fmt: skip
-        if len(whole) != 1 or stored != len(df) or not _reads_files_in_order(self.router, primary):
-            return
-        if not reads_back_as_is(df, part):
-            return
         try:
             step = context.step_context
             run_id, step_key, output = context.run_id, context.step_key, context.name
-            consumers = [
-                s.key
+            consumed = any(
+                (h.step_key, h.output_name) == (step_key, output)
                 for s in step.execution_plan.get_steps_to_execute_in_topo_order()
                 for i in s.step_inputs
                 for h in i.get_step_output_handle_dependencies()
-                if (h.step_key, h.output_name) == (step_key, output)
-            ]
+            )
             captured = step.output_capture is not None or step.step_output_capture is not None
         except (AttributeError, dg.DagsterInvariantViolationError):  # a context built outside a run
             return
-        if consumers:
+        if not consumed:
+            return
+        primary = self.cfg.storage.primary
+        whole = [
+            r.id for r in self.router.routes_for(table)
+            if primary in r.destinations and not r.filter and r.match.symbol is None
+            and getattr(r, "transform", None) is None
+        ]  # fmt: skip
+        stored = sum(r.rows for s in summaries for r in s.results if r.ok and r.destination == primary and r.route in whole)
+        if len(whole) != 1 or stored != len(df) or not _reads_files_in_order(self.router, primary):
+            return
+        if reads_back_as_is(df, part):
             self._handoff = _Handoff(run_id, step_key, output, table, part, df, releasable=not captured)
 
     def _take(self, context: dg.InputContext, table: TableRef, part: PartitionSlice) -> _Handoff | None:
@@ -357,25 +363,18 @@ class RouterIOManager(dg.IOManager):
         return {k: d}
 
 
-# Rows per routed write. Why: a store's write holds a copy of its rows besides the frame (the Arrow
-# conversion, DuckDB's transaction-local copy: ~300 bytes a raw 1m row, ~160 MB for a year), so a
-# year of 1m rows is written as ~5 writes of whole days (each still one transaction per store, every
-# partition still replaced atomically), which bounds that copy to ~40 MB at a few ms per extra write.
-WRITE_CHUNK_ROWS = 131_072
-
-
-def _pieces(df: pd.DataFrame, part: PartitionSlice) -> list[tuple[pd.DataFrame, PartitionSlice]]:
+def _pieces(df: pd.DataFrame, part: PartitionSlice, rows: int) -> list[tuple[pd.DataFrame, PartitionSlice]]:
     """`df` (the rows of `part`) as (frame, slice) pieces of consecutive whole days, every symbol of
-    the slice in each, of about WRITE_CHUNK_ROWS rows; the whole frame when it is not larger.
+    the slice in each, of about `rows` rows (WRITE_CHUNK_ROWS); the whole frame when it is not larger.
 
     A piece whose rows are contiguous in `df` (one symbol, rows in day order: the usual range run) is
     a view of them, not a copy; a piece may be empty (its days are then cleared, as a whole write
     would). Rows without a timestamp (quarantine) belong to the slice's first day, as in the stores.
     """
     n = len(df)
-    if n <= WRITE_CHUNK_ROWS or part.days == 1:
+    if n <= rows or part.days == 1:
         return [(df, part)]
-    count = -(-n // WRITE_CHUNK_ROWS)
+    count = -(-n // rows)
     step = -(-part.days // count)
     _, days = partition_of_rows(df, part)
     out = []

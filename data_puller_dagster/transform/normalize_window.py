@@ -73,15 +73,18 @@ def normalize_window(
     *,
     max_quarantined_fraction: float,
     now: pd.Timestamp | None = None,
+    consume_raw: bool = False,
 ) -> NormalizedWindow:
     """Normalize, judge, validate and measure one window's raw rows (see the module docstring).
 
     `raw` holds the provider's rows for the window's symbols and days (rows of other times are dropped
     before, see sources/fetch.py); `now` (default: the current time) decides which candles have closed.
+    `consume_raw=True` lets normalize() drop each raw column from `raw` once parsed (only for a frame
+    the caller owns and will not read again: it saves a year of raw text's memory).
     """
     now = pd.Timestamp.now(tz="UTC") if now is None else now
     tf = feed.timeframe
-    result = normalize(raw, asset_class=feed.asset_class, timeframe=tf, now=now)
+    result = normalize(raw, asset_class=feed.asset_class, timeframe=tf, now=now, consume_raw=consume_raw)
     quarantine, report = result.quarantine, result.report
     rejections = judge_days(
         raw, result, timeframe=tf, symbols=window.displays, days=window.dates,
