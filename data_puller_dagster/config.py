@@ -88,6 +88,14 @@ class BinanceSourceConfig(_Model):
     use_archive: bool = Field(True, description="Use the public archive for days it has published.")
     weight_budget_per_minute: int = Field(6000, ge=10, description="IP request-weight budget (6000 today).")
     weight_safety_fraction: float = Field(0.8, gt=0, le=1, description="Slow down above this share of it.")
+    shared_budget: SecretStr | None = Field(
+        None,
+        description="redis://[:password@]host:port/db: one weight budget and ban state for every process and "
+        "worker of the deployment (Binance counts per IP); default: each process counts alone.",
+    )
+    budget_window_seconds: float = Field(
+        60.0, ge=1, le=60, description="Window the weight budget is counted over (Binance: 60); shorter only for stand-ins."
+    )
     max_concurrency: int = Field(8, ge=1, le=64, description="Pages fetched at once.")
     timeout_seconds: float = Field(30.0, gt=0, description="Read timeout of one request (seconds).")
     connect_timeout_seconds: float = Field(5.0, gt=0, description="TCP connect timeout of one request.")
@@ -117,6 +125,17 @@ class BinanceSourceConfig(_Model):
     def _url(cls, v: str) -> str:
         return _check_url(v)
 
+    @field_validator("shared_budget", mode="before")
+    @classmethod
+    def _shared_budget(cls, v: Any) -> Any:
+        """Empty means off; only Redis is a shared-budget backend. The message never shows the URL."""
+        text = v.get_secret_value() if isinstance(v, SecretStr) else v
+        if text in ("", None):
+            return None
+        if not isinstance(text, str) or not re.match(r"^rediss?://[^\s/]+(/\d{1,2})?/?$", text):
+            raise ValueError("is not a Redis URL; use redis://[:password@]host:port/db (or rediss:// for TLS)")
+        return text
+
     @field_validator("ws_url")
     @classmethod
     def _ws_url(cls, v: str) -> str:
@@ -137,6 +156,11 @@ class TwelveDataSourceConfig(_Model):
         else None
     )
     credits_per_minute: int = Field(8, ge=1, description="8 on the free plan; raise for paid plans.")
+    shared_budget: SecretStr | None = Field(
+        None,
+        description="redis://[:password@]host:port/db: one credit budget for every process and worker using this "
+        "API key (Twelve Data counts per key); default: each process counts alone.",
+    )
     max_concurrency: int = Field(4, ge=1, le=64)
     outputsize: int = Field(5000, ge=1, le=5000)
     live_poll_delay_seconds: float = Field(
@@ -153,6 +177,10 @@ class TwelveDataSourceConfig(_Model):
     @classmethod
     def _url(cls, v: str) -> str:
         return _check_url(v)
+
+    _shared_budget = field_validator("shared_budget", mode="before")(
+        BinanceSourceConfig._shared_budget.__func__  # type: ignore[attr-defined]
+    )
 
     @field_validator("api_key", mode="before")
     @classmethod
@@ -655,11 +683,22 @@ class RunsConfig(_Model):
     )
     retry_max: int = Field(3, ge=0, le=10)
     retry_delay_seconds: float = Field(30, ge=0)
-    executor: Literal["in_process", "multiprocess"] = Field(
+    executor: Literal["in_process", "multiprocess", "celery"] = Field(
         "in_process",
         description="in_process: a run's steps run one after another in the run's own process (no process "
         "start-up and re-import per step). multiprocess: one process per step (Dagster's default; "
-        "independent steps such as several derived timeframes run in parallel).",
+        "independent steps such as several derived timeframes run in parallel). celery: each step is a task "
+        "on dagster-celery workers (deploy/dagster.celery.yaml; the workers may run on other hosts).",
+    )
+    celery_broker: SecretStr = Field(
+        default_factory=lambda: SecretStr(
+            os.environ.get("DATA_PULLER_CELERY_BROKER") or "amqp://guest:guest@127.0.0.1:5672//"
+        ),
+        description="executor celery: the broker the workers listen on (DATA_PULLER_CELERY_BROKER).",
+    )
+    celery_backend: SecretStr = Field(
+        default_factory=lambda: SecretStr("rpc://"),
+        description="executor celery: where step results come back (rpc:// = replies through the broker).",
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from types import SimpleNamespace
 
 import dagster as dg
 
@@ -46,7 +47,47 @@ def warn_missing_credentials(cfg: AppConfig) -> None:
 # that mostly wait for each other, and on the multiprocess executor each step pays a process start and a
 # re-import of this code location (~1.5-2.5 s) - most of a daily single-partition run. "multiprocess" is
 # Dagster's own default executor, whose run config can still pick `execution: config: in_process: {}`.
-EXECUTORS = {"in_process": dg.in_process_executor, "multiprocess": dg.multi_or_in_process_executor}
+# "celery": each step is a task on dagster-celery workers (deploy/dagster.celery.yaml). Settings the
+# workers must be started with too (deploy/celery_worker.yaml): dagster-celery acks a step's task when a
+# worker takes it, so a worker killed mid-step loses it and the run waits for it forever; acked once the
+# step ends instead, the broker hands it to another worker as soon as the dead one's connection drops.
+CELERY_CONFIG_SOURCE = {"task_acks_late": True, "task_reject_on_worker_lost": True, "worker_prefetch_multiplier": 1}
+
+
+def celery_executor(broker: str | None = None, backend: str | None = None) -> dg.ExecutorDefinition:
+    """dagster-celery's `celery_executor` with this deployment's broker and worker-loss settings.
+
+    The broker and backend are resolved when a run starts: the run config's `execution.config.broker` /
+    `backend` if given, else the arguments, else `runs.celery_broker` / `runs.celery_backend` of the code
+    location's config file (DATA_PULLER_CONFIG), so the broker URL (it may hold a password) is never
+    stored in a run's config.
+    """
+    from dagster_celery import celery_executor as upstream
+    from dagster_celery.executor import CELERY_CONFIG
+
+    @dg.executor(
+        name="celery", config_schema=CELERY_CONFIG, requirements=dg.multiple_process_executor_requirements()
+    )
+    def data_puller_celery(init_context: dg.InitExecutorContext) -> dg.Executor:
+        given = dict(init_context.executor_config)
+        runs = load_config().runs if not (given.get("broker") or broker) else None
+        resolved = {
+            **given,
+            "broker": given.get("broker") or broker or runs.celery_broker.get_secret_value(),  # type: ignore[union-attr]
+            "backend": (given.get("backend") if given.get("backend") not in (None, "rpc://") else None)
+            or backend or (runs.celery_backend.get_secret_value() if runs is not None else "rpc://"),
+            "config_source": {**CELERY_CONFIG_SOURCE, **(given.get("config_source") or {})},
+        }  # fmt: skip
+        return upstream.executor_creation_fn(SimpleNamespace(executor_config=resolved))  # type: ignore[misc]
+
+    return data_puller_celery
+
+
+EXECUTORS = {
+    "in_process": dg.in_process_executor,
+    "multiprocess": dg.multi_or_in_process_executor,
+    "celery": celery_executor(),
+}
 
 
 def build_definitions(cfg: AppConfig) -> dg.Definitions:
@@ -62,7 +103,11 @@ def build_definitions(cfg: AppConfig) -> dg.Definitions:
         schedules=build_schedules(cfg),
         sensors=build_sensors(cfg),
         resources={"io_manager": build_io_manager(cfg)},
-        executor=EXECUTORS[cfg.runs.executor],
+        executor=celery_executor(
+            cfg.runs.celery_broker.get_secret_value(), cfg.runs.celery_backend.get_secret_value()
+        )
+        if cfg.runs.executor == "celery"
+        else EXECUTORS[cfg.runs.executor],
     )
 
 

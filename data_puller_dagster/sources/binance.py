@@ -518,6 +518,7 @@ class BinanceAdapter:
             PROVIDER, c.base_url,
             lambda: MinuteBudget(c.weight_budget_per_minute, c.weight_safety_fraction,
                                  used_header="X-MBX-USED-WEIGHT-1M", provider=PROVIDER),
+            options=c,
         )  # fmt: skip
         timeouts = {"timeout": c.timeout_seconds, "connect_timeout": c.connect_timeout_seconds,
                     "max_retry_seconds": c.max_retry_seconds}  # fmt: skip

@@ -7,14 +7,20 @@ the count to what the provider says was used (Binance `X-MBX-USED-WEIGHT-1M`, wh
 processes on the same IP), and makes callers wait for the next minute before the safety threshold
 would be crossed. A 429's Retry-After or a 418 ban is recorded here too, so every thread backs off,
 not only the one that got the answer.
+
+That is per process. `sources.<provider>.shared_budget: redis://...` swaps in `SharedBudget`
+(shared_budget.py, same interface) so every process and worker of a deployment spends one budget;
+`shared_budget()` below picks one or the other from the adapter's config.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from data_puller_dagster.sources.errors import IpBannedError
 
@@ -113,14 +119,41 @@ class MinuteBudget:
             return self._used
 
 
-_SHARED: dict[tuple[str, str], MinuteBudget] = {}
+_SHARED: dict[tuple[Any, ...], Any] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def shared_budget(provider: str, base_url: str, factory: Callable[[], MinuteBudget]) -> MinuteBudget:
-    """One budget per (provider, base URL) per process: adapters are short-lived, quotas are not."""
+def _secret(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
+
+
+def shared_budget(
+    provider: str, base_url: str, factory: Callable[[], MinuteBudget], *, options: Any = None
+) -> Any:
+    """One budget per (provider, base URL) per process: adapters are short-lived, quotas are not.
+
+    With `sources.<provider>.shared_budget: redis://...` in `options` (the adapter's source config) the budget is a `SharedBudget` (sources/shared_budget.py) with the factory's limits:
+    one count for every process of the deployment, per base-URL host (Binance: per IP) and, for Twelve
+    Data, per API key. `budget_window_seconds` (when the config has it) sets the window of either kind.
+    """
+    url = _secret(getattr(options, "shared_budget", None))
+    secret = _secret(getattr(options, "api_key", None)) if url else None
+    window = getattr(options, "budget_window_seconds", None)
+    digest = hashlib.sha256(secret.encode()).hexdigest() if secret else None  # never the key itself
+    key = (provider, base_url, url, digest, window)
     with _SHARED_LOCK:
-        key = (provider, base_url)
         if key not in _SHARED:
-            _SHARED[key] = factory()
+            local = factory()
+            if window:
+                local.window = float(window)
+            if url:
+                from data_puller_dagster.sources.shared_budget import SharedBudget
+
+                _SHARED[key] = SharedBudget.like(
+                    local, url, base_url, secret=secret, setting=f"sources.{provider}.shared_budget"
+                )
+            else:
+                _SHARED[key] = local
         return _SHARED[key]

@@ -142,7 +142,7 @@ class TwelveDataAdapter:
             connect_timeout = c.connect_timeout_seconds if connect_timeout is None else connect_timeout
             max_retry_seconds = c.max_retry_seconds
             budget = budget or shared_budget(
-                PROVIDER, c.base_url, lambda: MinuteBudget(c.credits_per_minute, 1.0, provider=PROVIDER)
+                PROVIDER, c.base_url, lambda: MinuteBudget(c.credits_per_minute, 1.0, provider=PROVIDER), options=c
             )
         elif options:
             raise TypeError(f"TwelveDataAdapter got unexpected keyword argument(s): {', '.join(options)}")
@@ -179,7 +179,7 @@ class TwelveDataAdapter:
     @classmethod
     def from_config(cls, c: TwelveDataSourceConfig, **overrides: Any) -> TwelveDataAdapter:
         budget = overrides.pop("budget", None) or shared_budget(
-            PROVIDER, c.base_url, lambda: MinuteBudget(c.credits_per_minute, 1.0, provider=PROVIDER)
+            PROVIDER, c.base_url, lambda: MinuteBudget(c.credits_per_minute, 1.0, provider=PROVIDER), options=c
         )
         key = c.api_key.get_secret_value() if c.api_key is not None else None
         return cls(

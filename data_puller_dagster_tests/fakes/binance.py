@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import io
+import math
 import threading
 import zipfile
 from pathlib import Path
@@ -81,6 +82,12 @@ class FakeBinance(FakeServer):
     - `malformed = True`: one row per page is cut to 11 fields
     - `invalid_symbols`: symbols answered with 400 {"code":-1121,"msg":"Invalid symbol."}
     - `weight_offset`: added to the X-MBX-USED-WEIGHT-1M header (simulate other clients on the IP)
+    - `used_weight_header = False`: no X-MBX-USED-WEIGHT-1M header (a client can only count its own)
+    - `enforce_weight(limit, window_seconds, ban_after_429s, ban_seconds)`: Binance at its limit, scaled
+      down: a klines request (weight 2) that would take the window's weight above `limit` gets a 429
+      (not counted), and `ban_after_429s` 429s in a row trigger a `ban_seconds` 418 ban (as `ban_for`);
+      the used-weight header then counts that window. `window_weights` (window id -> weight served),
+      `max_window_weight` and `throttled` (429s sent) record what the clients did
     Counters: `received` (every request), `klines_requests`, `max_in_flight`, `requests_while_banned`.
     """
 
@@ -108,6 +115,13 @@ class FakeBinance(FakeServer):
         self._ban_timed = False  # the active ban ends by itself at _ban_until
         self.requests_while_banned: list[dict[str, str]] = []
         self._weight: dict[int, int] = {}
+        self.weight_window = 60.0  # seconds the used-weight header (and enforce_weight) counts over
+        self.used_weight_header = True
+        self.weight_limit: int | None = None
+        self.ban_after_429s = 3
+        self.limit_ban_seconds = 10.0
+        self.throttled = 0
+        self._throttled_in_row = 0
         self._in_flight = 0
         self.max_in_flight = 0
 
@@ -146,6 +160,24 @@ class FakeBinance(FakeServer):
     def slow(self, n: int, seconds: float) -> None:
         with self._lock:
             self._script.extend(Reply(-1, b"", delay=seconds) for _ in range(n))
+
+    def enforce_weight(
+        self, limit: int, window_seconds: float = 60.0, *, ban_after_429s: int = 3, ban_seconds: float = 10.0
+    ) -> None:
+        with self._lock:
+            self.weight_limit, self.weight_window = limit, window_seconds
+            self.ban_after_429s, self.limit_ban_seconds = ban_after_429s, ban_seconds
+            self._weight.clear()
+
+    @property
+    def window_weights(self) -> dict[int, int]:
+        with self._lock:
+            return dict(self._weight)
+
+    @property
+    def max_window_weight(self) -> int:
+        with self._lock:
+            return max(self._weight.values(), default=0)
 
     def ban(self, until_ms: int) -> None:
         self._ban_until = until_ms
@@ -187,11 +219,37 @@ class FakeBinance(FakeServer):
                 self._in_flight -= 1
 
     def _weight_headers(self) -> dict[str, str]:
-        minute = int(pd.Timestamp.now(tz="UTC").value // 60_000_000_000)
+        return self._charge()[1]
+
+    def _charge(self) -> tuple[Reply | None, dict[str, str]]:
+        """Count the request's weight in its window (one lock: concurrent requests cannot both take the
+        last units); with `enforce_weight`, refuse it with a 429 (or the 418 ban it earns) instead."""
+        now_ns = pd.Timestamp.now(tz="UTC").value
+        window = int(now_ns // int(self.weight_window * 1e9))
         with self._lock:
-            self._weight[minute] = self._weight.get(minute, 0) + 2
-            used = self._weight[minute] + self.weight_offset
-        return {"X-MBX-USED-WEIGHT-1M": str(used), "Content-Type": "application/json"}
+            used = self._weight.get(window, 0)
+            if self.weight_limit is not None and used + 2 > self.weight_limit:
+                self.throttled += 1
+                self._throttled_in_row += 1
+                if self._throttled_in_row >= self.ban_after_429s:
+                    self._throttled_in_row = 0
+                    self._ban_until = now_ns // 1_000_000 + int(self.limit_ban_seconds * 1000)
+                    self._ban_timed = True
+                    msg = f"Way too much request weight used; IP banned until {self._ban_until}."
+                    return Reply(418, orjson.dumps({"code": -1003, "msg": msg}), {
+                        "Retry-After": str(int(-(-self.limit_ban_seconds // 1))),
+                        "Content-Type": "application/json"}), {}  # fmt: skip
+                wait = (window + 1) * self.weight_window - now_ns / 1e9
+                body = orjson.dumps({"code": -1003, "msg": f"Too much request weight used; current limit is "
+                                     f"{self.weight_limit} request weight per {self.weight_window:g} s."})
+                return Reply(429, body, {"Retry-After": str(max(1, math.ceil(wait))),
+                                         "Content-Type": "application/json"}), {}  # fmt: skip
+            self._throttled_in_row = 0
+            self._weight[window] = used + 2
+            used = used + 2 + self.weight_offset
+        if not self.used_weight_header:
+            return None, {"Content-Type": "application/json"}
+        return None, {"X-MBX-USED-WEIGHT-1M": str(used), "Content-Type": "application/json"}
 
     def _banned_reply(self, params: dict[str, str]) -> Reply | None:
         """The 418 for a request arriving while banned (recorded), or None when not banned."""
@@ -221,7 +279,9 @@ class FakeBinance(FakeServer):
         if scripted is not None and scripted.status != -1:
             return scripted
         delay = scripted.delay if scripted is not None else 0.0
-        headers = self._weight_headers()
+        refused, headers = self._charge()
+        if refused is not None:
+            return refused
         sym, interval = params.get("symbol", ""), params.get("interval", "")
         if not sym:
             return Reply(
