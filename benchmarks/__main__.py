@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-MODULES = ["pull", "normalize", "enrich", "storage", "dataset", "e2e", "orchestration", "cli", "daemon", "freqtrade"]
+MODULES = ["pull", "normalize", "enrich", "storage", "dataset", "e2e", "orchestration", "cli", "daemon", "freqtrade", "stream", "scale_out"]
 RESULTS = Path(__file__).parent / "results"
 
 

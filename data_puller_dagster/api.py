@@ -29,7 +29,6 @@ from data_puller_dagster.sources.twelvedata import TwelveDataAdapter
 from data_puller_dagster.standalone import resolve
 from data_puller_dagster.standalone.features import build_llm_dataset, enrich
 from data_puller_dagster.standalone.pipeline import (
-    STREAMING_ISSUE,
     DataNormalizer,
     DataPipeline,
     PullResult,
@@ -39,7 +38,6 @@ from data_puller_dagster.standalone.resolve import ConfigLike, infer_source
 from data_puller_dagster.standalone.routing import DataRouter, Route
 
 __all__ = [
-    "STREAMING_ISSUE",
     "BinanceAdapter",
     "DataNormalizer",
     "DataPipeline",

@@ -2,7 +2,8 @@
 
 Exit codes: 0 done; 1 failed (one line on stderr naming the cause and the fix; `--debug` adds the
 traceback); 2 bad arguments or an invalid configuration (every problem listed); 3 not available yet
-(`stream`); 130 interrupted.
+(unused); 130 interrupted. `stream` is data_puller_dagster/stream/command.py (0 clean stop, 1 failure no
+retry fixes, 2 configuration error).
 """
 
 from __future__ import annotations
@@ -42,8 +43,11 @@ GAPS_EXAMPLES = """examples:
 Missing candles of the stored canonical table against the market calendar (crypto 24/7, forex Sunday
 17:00 to Friday 17:00 New York, NYSE sessions): market closures are not gaps, candles not closed yet
 are not counted. Window: the feed's start_date .. end_date (or today) unless --start/--end narrow it."""
-STREAM_EXAMPLES = """Live streaming needs the streaming issue (issue 18); until it lands this command only says so
-(exit 3). Use `data-puller pull` for history and the Dagster daily schedule to keep it current."""
+STREAM_EXAMPLES = """examples:
+  data-puller stream                      # every feed with a live source, routes from data_puller.yaml
+  data-puller stream --feed crypto --log-interval 30
+
+Runs until SIGTERM/SIGINT (flushes what it received, exit 0). See `data-puller stream --help`."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,7 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     gaps.add_argument("--out", metavar="DIR", help="data directory (overrides the config's data_dir)")
     gaps.add_argument("--json", action="store_true", help="JSON instead of tables")
 
-    sub.add_parser("stream", help="live candles (needs issue 18)", epilog=STREAM_EXAMPLES, formatter_class=fmt)
+    sub.add_parser("stream", help="live candles through the routes (websockets, polling)", epilog=STREAM_EXAMPLES,
+                   formatter_class=fmt, add_help=False)  # fmt: skip
     return p
 
 
@@ -113,14 +118,16 @@ def _run(args: argparse.Namespace) -> int:
         path = args.config or (str(config_path()) if config_path().exists() else None)
         cfg = commands.cli_config(path, args.out, None if path else "parquet")
         return commands.gaps(cfg, args.feed, args.symbol, args.timeframe, args.start, args.end, args.json)
-    from data_puller_dagster.standalone.pipeline import STREAMING_MESSAGE
-
-    print(f"data-puller stream: {STREAMING_MESSAGE}", file=sys.stderr)
-    return 3
+    raise AssertionError(f"unhandled command {args.command!r}")  # pragma: no cover - argparse restricts it
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `data-puller` console script (returns the exit code)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "stream":  # the long-lived command has its own options (stream/command.py)
+        from data_puller_dagster.stream.command import main as stream_main
+
+        return stream_main(argv[1:])
     args = _parser().parse_args(argv)
     quiet = getattr(args, "quiet", False)
     logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING, format="data-puller: %(message)s")

@@ -172,8 +172,6 @@ def test_pipeline_routes_with_a_callable_condition_and_a_filter(env, tmp_path, s
         adapter = dp.BinanceAdapter(base_url=fake.url, use_archive=False)
         with dp.DataPipeline(adapter, dp.DataNormalizer(), router) as pipeline:
             res = pipeline.fetch_and_process("BTCUSDT", "1m", start="2024-01-02", end="2024-01-02")
-            with pytest.raises(NotImplementedError, match="issue 18"):
-                pipeline.stream("BTCUSDT", "1m")
     assert len(res.data) == 1440 and res.writes
     day = series[(series["open_time"] >= START_MS + 1440 * MIN) & (series["open_time"] < START_MS + 2880 * MIN)]
     zero = int((day["volume"] == 0).sum())
@@ -231,7 +229,7 @@ def test_notebook_quickstart_runs_as_a_script(tmp_path):
         res = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True,
                              text=True, timeout=120)  # fmt: skip
     assert res.returncode == 0, res.stderr
-    assert "PullResult(168 candle(s)" in res.stdout and "issue 18" in res.stdout
+    assert "PullResult(168 candle(s)" in res.stdout
     assert "stored 144 liquid candles" in res.stdout  # 168 minus the 24 zero-volume candles of the series
     assert (tmp_path / "qs" / "dataset" / "manifest.json").is_file()
     stored = sorted(p.name for p in (tmp_path / "qs" / "all" / "crypto").iterdir())

@@ -212,16 +212,18 @@ def test_gaps_reports_what_is_stored(tmp_path, fake):
     assert unknown.returncode == 1 and "not in the configuration (feeds: crypto)" in unknown.stderr
 
 
-def test_stream_says_it_needs_the_streaming_issue(tmp_path):
-    res = cli(tmp_path, env_for(tmp_path, "http://127.0.0.1:9"), "stream")
-    assert res.returncode == 3 and "issue 18" in res.stderr
+def test_stream_is_the_live_command_and_reports_bad_feeds(tmp_path):
+    shipped = str(Path(__file__).parents[1] / "data_puller.yaml")
+    res = cli(tmp_path, env_for(tmp_path, "http://127.0.0.1:9"), "stream", "--config", shipped, "--feed", "nope",
+              "--duration", "1")  # fmt: skip
+    assert res.returncode == 2 and "--feed nope: no such feed" in res.stderr, res.stderr
 
 
 @pytest.mark.parametrize("command", ["pull", "validate-config", "gaps", "stream"])
 def test_help_has_examples(tmp_path, command):
     res = cli(tmp_path, env_for(tmp_path, "http://127.0.0.1:9"), command, "--help")
     assert res.returncode == 0 and f"usage: data-puller {command}" in res.stdout
-    assert "examples:" in res.stdout or command == "stream"
+    assert "examples:" in res.stdout or (command == "stream" and "--feed" in res.stdout)
 
 
 def test_console_script_is_installed(tmp_path):

@@ -26,14 +26,6 @@ from data_puller_dagster.transform.gap_figures import figures_frame, gap_segment
 from data_puller_dagster.transform.normalize import NormalizeReport
 from data_puller_dagster.transform.normalize_window import NormalizedWindow, normalize_window
 
-STREAMING_ISSUE = 18
-STREAMING_MESSAGE = (
-    f"live streaming is not available yet: it needs the streaming issue (issue {STREAMING_ISSUE}: "
-    "WebSocket candles to stream destinations). Until it lands, pull history with `pull()` / "
-    "`DataPipeline.fetch_and_process()` / `data-puller pull`, and keep it current with the Dagster "
-    "daily schedule"
-)
-
 
 @dataclass(frozen=True)
 class PullResult:
@@ -171,9 +163,19 @@ class DataPipeline:
         writes = store_window(self.router, feed, req.window, raw, nw) if self.router is not None else []
         return result_of(nw, feed, req, writes)
 
-    def stream(self, symbol: str, timeframe: str = "1m", **kwargs: Any) -> None:
-        """Live candles to the router's stream destinations: needs the streaming issue (issue 18)."""
-        raise NotImplementedError(f"DataPipeline.stream({symbol!r}, {timeframe!r}): {STREAMING_MESSAGE}")
+    def stream(self, symbol: str, timeframe: str = "1m", *, duration: float | None = None) -> Any:
+        """Live candles of `symbol` (Binance websockets; Twelve Data polling) through the configuration's
+        routes (`match: {realtime: true}` selects the live table), until SIGTERM/SIGINT or `duration`
+        seconds; returns the stream's counters. The same runner as `data-puller stream`: normalized and
+        validated per micro-batch, gaps after a reconnect filled over REST. Routes come from `config`
+        (a DataRouter's Python routes apply to `fetch_and_process` only)."""
+        import asyncio
+
+        from data_puller_dagster.stream.runner import run_async
+
+        feed = resolve.feed_for(self.cfg, symbol, timeframe, self._source_name or None, self.normalizer.asset_class)
+        cfg = resolve.with_feed(self.cfg, feed)
+        return asyncio.run(run_async(cfg, [cfg.feed(feed.name)], duration=duration))[0]
 
     def close(self) -> None:
         """Close the adapter's HTTP session and the router's stream connections."""

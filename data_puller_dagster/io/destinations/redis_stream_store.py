@@ -55,6 +55,22 @@ STREAM_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,200}")
 _PLACEHOLDERS = ("feed", "table", "symbol_key", "timeframe")
 _ID_TOO_SMALL = "equal or smaller than the target stream top item"
 _IN_PROGRESS = b'"is_final":false'  # only the key can match: quotes inside JSON strings are escaped
+# Per key: "" (no such key), "type:<type>" (not a stream) or the stream's last-generated-id.
+_LAST_IDS = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local t = redis.call('TYPE', key)['ok']
+  if t == 'none' then out[i] = ''
+  elseif t ~= 'stream' then out[i] = 'type:' .. t
+  else
+    local info = redis.call('XINFO', 'STREAM', key)
+    for j = 1, #info, 2 do
+      if info[j] == 'last-generated-id' then out[i] = info[j + 1] end
+    end
+  end
+end
+return out
+"""
 
 
 class RedisStreamOptions(StreamOptions):
@@ -220,7 +236,28 @@ class RedisStreamDestination(StreamBase):
         """Each stream's last id's millisecond part (-1 for a stream that does not exist yet).
 
         XINFO's `last-generated-id` rather than the last entry: it stays put when entries are trimmed
-        or deleted, and it is what XADD compares a new id with."""
+        or deleted, and it is what XADD compares a new id with. Read by a server-side script that returns
+        only that id per stream: XINFO's whole reply (first and last entry included) parsed by redis-py
+        cost ~0.15 ms per stream, most of a live micro-batch's time at 200 symbols."""
+        out = []
+        script = r.register_script(_LAST_IDS)  # EVALSHA: the script's text is sent once per server
+        try:
+            lasts = script(keys=streams)
+        except redis.ResponseError:  # scripting not allowed for this user (ACL) or server: XINFO per stream
+            return RedisStreamDestination._last_ms_xinfo(r, streams)
+        for s, last in zip(streams, lasts, strict=True):
+            text = last.decode() if isinstance(last, bytes) else str(last)
+            if text == "":
+                out.append(-1)
+            elif text.startswith("type:"):
+                raise StorageError(f"redis_stream: key {s!r} is not a stream (a {text[5:]}); delete it or change `stream`")
+            else:
+                out.append(int(text.split("-")[0]))
+        return out
+
+    @staticmethod
+    def _last_ms_xinfo(r: redis.Redis, streams: list[str]) -> list[int]:
+        """`_last_ms` without scripting: one XINFO STREAM per stream, in one pipeline."""
         pipe = r.pipeline(transaction=False)
         for s in streams:
             pipe.xinfo_stream(s)
