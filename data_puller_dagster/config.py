@@ -741,9 +741,17 @@ class GapSensorConfig(_Model):
     )
 
 
+class LiveSensorConfig(_Model):
+    """`<feed>__live_progress`: records what `data-puller stream` wrote to the live tables."""
+
+    enabled: bool = Field(False, description="Start the live progress sensors RUNNING (only useful with a stream).")
+    interval_seconds: int = Field(60, ge=10, description="How often the live tables of the day are read back.")
+
+
 class AutomationConfig(_Model):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     gap_sensor: GapSensorConfig = Field(default_factory=GapSensorConfig)
+    live_sensor: LiveSensorConfig = Field(default_factory=LiveSensorConfig)
 
 
 class StreamConfig(_Model):

@@ -92,16 +92,18 @@ EXECUTORS = {
 
 def build_definitions(cfg: AppConfig) -> dg.Definitions:
     """Assets (with their checks), jobs, schedules, sensors and the routed IO manager for a config."""
+    from data_puller_dagster.assets.live import build_live_assets
+    from data_puller_dagster.automation.live_sensor import build_live_sensors
     from data_puller_dagster.automation.schedules import build_schedules
     from data_puller_dagster.automation.sensors import build_sensors
 
     Router(cfg).validate(routed_tables(cfg), read_downstream=tables_read_downstream(cfg))
     warn_missing_credentials(cfg)
     return dg.Definitions(
-        assets=build_all_assets(cfg),
+        assets=[*build_all_assets(cfg), *build_live_assets(cfg)],
         jobs=build_jobs(cfg),
         schedules=build_schedules(cfg),
-        sensors=build_sensors(cfg),
+        sensors=[*build_sensors(cfg), *build_live_sensors(cfg)],
         resources={"io_manager": build_io_manager(cfg)},
         executor=celery_executor(
             cfg.runs.celery_broker.get_secret_value(), cfg.runs.celery_backend.get_secret_value()

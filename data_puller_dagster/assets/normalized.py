@@ -14,6 +14,7 @@ import pandas as pd
 from dagster import AssetExecutionContext
 
 from data_puller_dagster.assets.catalog import catalog_metadata, catalog_tags, storage_kinds
+from data_puller_dagster.assets.live import has_live_table, live_check_result, live_check_spec
 from data_puller_dagster.assets.metadata import sample_rows
 from data_puller_dagster.assets.naming import asset_key
 from data_puller_dagster.assets.normalized_metadata import (
@@ -77,6 +78,9 @@ def build_normalized_assets(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefini
             CHECK_FRESHNESS, asset=norm_key, description="Per symbol: the last closed candle is present."
         ),
     ]
+    live = has_live_table(cfg, feed)  # live_matches_batch: only where the stream's table can be read back
+    if live:
+        checks.append(live_check_spec(feed, norm_key))
 
     @dg.multi_asset(
         name=f"{feed.name}__normalize_{tf}",
@@ -140,6 +144,8 @@ def build_normalized_assets(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefini
 
         for r in rejections.itertuples():
             context.log.error(f"normalized {feed.name} {tf}: {r.detail}")
+        # Compared before the output is written: the IO manager may hand `data` on and empty it.
+        live_result = live_check_result(cfg, feed, norm_key, data, window) if live else None
         if storable:
             value = PartialOutput(data, keep) if keep else data
             add_partition_metadata(
@@ -226,6 +232,8 @@ def build_normalized_assets(cfg: AppConfig, feed: FeedConfig) -> dg.AssetsDefini
                 "stale": dg.MetadataValue.json(stale),
             },
         )
+        if live_result is not None:
+            yield live_result
 
     return normalize_asset
 
