@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import re
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 import numpy as np
 import redis
@@ -47,6 +46,7 @@ from data_puller_dagster.io.destinations.stream_base import (
     name_values,
     render_name,
     shown_url,
+    split_url,
 )
 from data_puller_dagster.io.errors import StorageError
 from data_puller_dagster.io.tables import TableRef
@@ -96,11 +96,7 @@ class RedisStreamOptions(StreamOptions):
     def _url(cls, v: SecretStr) -> SecretStr:
         url = v.get_secret_value()
         shown = shown_url(url)
-        try:
-            parts = urlsplit(url)
-            parts.port  # noqa: B018 - raises ValueError for a non-numeric or out-of-range port
-        except ValueError as e:
-            raise ValueError(f"url {shown!r} is not a valid Redis URL ({e}); use redis://host:6379/0") from None
+        parts = split_url(url, shown, "Redis URL", "redis://host:6379/0")
         if parts.scheme not in ("redis", "rediss") or not parts.hostname:
             raise ValueError(f"url {shown!r} is not a Redis URL; use redis://host:6379/0 or rediss://host:6380/0")
         if parts.path.strip("/") and not parts.path.strip("/").isdigit():

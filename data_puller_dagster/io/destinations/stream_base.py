@@ -23,6 +23,7 @@ import string
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
+from urllib.parse import SplitResult, urlsplit
 
 import numpy as np
 import orjson
@@ -65,6 +66,17 @@ class StreamOptions(DestinationOptions):
 
 
 # ------------------------------------------------------------------------------------- names
+def split_url(url: str, shown: str, what: str, example: str) -> SplitResult:
+    """`urlsplit(url)` with its port checked, or a ValueError naming only the `shown` (redacted) URL:
+    `url '<shown>' is not a valid <what> (<why>); use <example>`."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a non-numeric or out-of-range port
+    except ValueError as e:
+        raise ValueError(f"url {shown!r} is not a valid {what} ({e}); use {example}") from None
+    return parts
+
+
 def shown_url(url: str) -> str:
     """A broker URL fit for messages and metadata: no query (it may hold a password) and nothing up to
     the last `@` (user-info; the last one, so that a password holding an unescaped `@` or `/` does not

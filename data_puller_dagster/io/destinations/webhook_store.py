@@ -65,6 +65,7 @@ from data_puller_dagster.io.destinations.stream_base import (
     StreamPublishError,
     StreamUnreachableError,
     batches,
+    split_url,
 )
 from data_puller_dagster.io.errors import StorageError
 from data_puller_dagster.io.tables import TableRef
@@ -126,11 +127,7 @@ class WebhookOptions(StreamOptions):
     def _url(cls, v: SecretStr) -> SecretStr:
         url = v.get_secret_value()
         shown = shown_webhook_url(url)
-        try:
-            parts = urlsplit(url)
-            parts.port  # noqa: B018 - raises ValueError for a non-numeric or out-of-range port
-        except ValueError as e:
-            raise ValueError(f"url {shown!r} is not a valid URL ({e}); use https://host/path") from None
+        parts = split_url(url, shown, "URL", "https://host/path")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"url {shown!r} is not an http(s) URL; use https://host[:port]/path")
         if parts.fragment or any(c.isspace() for c in url):
