@@ -25,10 +25,15 @@ from typing import Any
 from data_puller_dagster.sources.errors import IpBannedError
 
 
-class MinuteBudget:
-    """At most `budget * safety_fraction` units per window (a wall-clock minute by default).
+class WindowLimits:
+    """What both budgets share (this per-process one and the Redis-backed SharedBudget): the limit and
+    its safety threshold, the provider's used-weight header, the window, and the edge margin.
 
-    `clock` and `sleep` are injectable and `window_seconds` shrinkable so tests run in milliseconds.
+    Why an edge margin: the provider counts a request in the window it *arrives* in, the budget in the
+    window it was *reserved* in. A request reserved in a window's last moments can land in the next one,
+    which then holds it plus a full window of new reservations: at 0.7 x the limit and a few requests in
+    flight, that is a 429 at the turn (and, repeated, a ban). So a reservation made within
+    `edge_seconds` of the window's end is charged to both windows: wherever it lands, it is counted.
     """
 
     def __init__(
@@ -38,7 +43,6 @@ class MinuteBudget:
         *,
         used_header: str | None = None,
         window_seconds: float = 60.0,
-        clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         provider: str = "",
     ):
@@ -50,23 +54,57 @@ class MinuteBudget:
         self.threshold = max(1, int(budget * safety_fraction))
         self.used_header = used_header
         self.window = window_seconds
-        self.clock = clock
         self.sleep = sleep
         self.provider = provider
         self._lock = threading.Lock()
+        self.waited_seconds = 0.0  # total time callers were held back (run metadata, tests)
+
+    @property
+    def edge_seconds(self) -> float:
+        """The window's last seconds in which a reservation counts in the next window too: 5 % of the
+        window, at least 0.25 s (a loaded host's request latency), at most a quarter of the window."""
+        return min(self.window * 0.25, max(0.25, self.window * 0.05))
+
+    def reported_used(self, headers: Mapping[str, str]) -> int | None:
+        """The provider's own count from the used-weight header, or None (no header, not a number)."""
+        if not self.used_header:
+            return None
+        value = headers.get(self.used_header)
+        if value is None:
+            return None
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            return None
+
+
+class MinuteBudget(WindowLimits):
+    """At most `budget * safety_fraction` units per window (a wall-clock minute by default).
+
+    `clock` and `sleep` are injectable and `window_seconds` shrinkable so tests run in milliseconds.
+    """
+
+    def __init__(
+        self, budget: int, safety_fraction: float = 1.0, *, clock: Callable[[], float] = time.time, **limits: Any
+    ):
+        """`limits`: WindowLimits' keywords (used_header, window_seconds, sleep, provider)."""
+        super().__init__(budget, safety_fraction, **limits)
+        self.clock = clock
         self._window_id = -1
         self._used = 0
+        self._next_used = 0  # charged to the next window by reservations made at this one's edge
         self._paused_until = 0.0
         self._banned_until: float | None = None
-        self.waited_seconds = 0.0  # total time callers were held back (run metadata, tests)
 
     def _roll(self, now: float) -> None:
         wid = int(now // self.window)
         if wid != self._window_id:
-            self._window_id, self._used = wid, 0
+            carried = self._next_used if wid == self._window_id + 1 else 0
+            self._window_id, self._used, self._next_used = wid, carried, 0
 
     def acquire(self, cost: int = 1) -> None:
-        """Block until `cost` units fit in the current window; raise if the provider banned us."""
+        """Block until `cost` units fit in the current window (and, at its edge, in the next one too);
+        raise if the provider banned us."""
         while True:
             with self._lock:
                 now = self.clock()
@@ -78,25 +116,24 @@ class MinuteBudget:
                         provider=self.provider,
                     )
                 self._roll(now)
-                wait = self._paused_until - now
-                if wait <= 0 and self._used + cost > self.threshold:
-                    wait = (self._window_id + 1) * self.window - now
+                wait, edge = self._paused_until - now, False
+                if wait <= 0:
+                    left = (self._window_id + 1) * self.window - now
+                    edge = left < self.edge_seconds
+                    if self._used + cost > self.threshold or (edge and self._next_used + cost > self.threshold):
+                        wait = left
                 if wait <= 0:
                     self._used += cost
+                    if edge:
+                        self._next_used += cost
                     return
                 self.waited_seconds += wait
             self.sleep(wait + 0.001)
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """Raise this window's count to what the provider reports (it also counts other clients)."""
-        if not self.used_header:
-            return
-        value = headers.get(self.used_header)
-        if value is None:
-            return
-        try:
-            used = int(str(value).strip())
-        except ValueError:
+        used = self.reported_used(headers)
+        if used is None:
             return
         with self._lock:
             self._roll(self.clock())

@@ -14,7 +14,8 @@ How (each step one atomic Lua script, so no two processes can both take the last
 - the window is Redis's own clock (`TIME`), so processes on hosts whose clocks drift still agree on
   where a window starts.
 - `acquire(cost)` reserves `cost` before the request is sent (reservations count, so requests in
-  flight are never forgotten); `observe(headers)` raises the window's count to the provider's own
+  flight are never forgotten); within `edge_seconds` of a window's end it reserves in the next window
+  too, since the provider counts the request where it lands (ratelimit.WindowLimits says why); `observe(headers)` raises the window's count to the provider's own
   figure (`X-MBX-USED-WEIGHT-1M`, which also counts clients outside this deployment) - for the
   window the request was reserved in, so a reply arriving just after a window turned does not charge
   the new window with the old one's weight.
@@ -38,6 +39,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from data_puller_dagster.sources.errors import IpBannedError, TransientSourceError
+from data_puller_dagster.sources.ratelimit import WindowLimits
 
 KEY_PREFIX = "data_puller:budget"
 
@@ -54,12 +56,25 @@ local cost = tonumber(ARGV[2])
 local threshold = tonumber(ARGV[3])
 local wid = math.floor(now / window)
 local key = KEYS[3] .. string.format('%d', wid)
+local left = (wid + 1) * window - now
 local used = tonumber(redis.call('GET', key) or '0')
 if used > 0 and used + cost > threshold then
-  return {'wait', tostring((wid + 1) * window - now), tostring(now)}
+  return {'wait', tostring(left), tostring(now)}
+end
+local nextkey = nil
+if left < tonumber(ARGV[4]) then  -- the window's edge: the request may land in the next one
+  nextkey = KEYS[3] .. string.format('%d', wid + 1)
+  local nused = tonumber(redis.call('GET', nextkey) or '0')
+  if nused > 0 and nused + cost > threshold then
+    return {'wait', tostring(left), tostring(now)}
+  end
 end
 used = redis.call('INCRBY', key, cost)
 redis.call('PEXPIRE', key, math.ceil(window * 2000))
+if nextkey then
+  redis.call('INCRBY', nextkey, cost)
+  redis.call('PEXPIRE', nextkey, math.ceil(window * 3000))
+end
 return {'ok', string.format('%d', wid), tostring(used)}
 """
 
@@ -110,7 +125,7 @@ def redacted(url: str) -> str:
     return f"{p.scheme}://{p.hostname or '?'}{f':{p.port}' if p.port else ''}{p.path or ''}"
 
 
-class SharedBudget:
+class SharedBudget(WindowLimits):
     """At most `budget * safety_fraction` units per window for every process using the same Redis and
     scope. Same interface as ratelimit.MinuteBudget."""
 
@@ -128,18 +143,12 @@ class SharedBudget:
         setting: str = "",
         client: Any = None,
     ):
-        if budget < 1 or not 0 < safety_fraction <= 1:
-            raise ValueError(
-                f"budget must be >= 1 and 0 < safety_fraction <= 1, got {budget}, {safety_fraction}"
-            )
+        super().__init__(
+            budget, safety_fraction, used_header=used_header, window_seconds=window_seconds, sleep=sleep,
+            provider=provider,
+        )  # fmt: skip
         import redis
 
-        self.budget = budget
-        self.threshold = max(1, int(budget * safety_fraction))
-        self.used_header = used_header
-        self.window = window_seconds
-        self.sleep = sleep
-        self.provider = provider
         self.scope = scope
         self.where = redacted(url)
         self.setting = setting or f"sources.{provider}.shared_budget"
@@ -152,8 +161,6 @@ class SharedBudget:
         self._hold = self.client.register_script(_HOLD)
         self._used = self.client.register_script(_USED)
         self._local = threading.local()  # the window this thread's last request was reserved in
-        self._lock = threading.Lock()
-        self.waited_seconds = 0.0
 
     @classmethod
     def like(
@@ -188,7 +195,7 @@ class SharedBudget:
             reply = self._run(
                 self._acquire,
                 [f"{self.scope}:ban", f"{self.scope}:pause", f"{self.scope}:w:"],
-                [repr(float(self.window)), int(cost), self.threshold],
+                [repr(float(self.window)), int(cost), self.threshold, repr(float(self.edge_seconds))],
             )
             kind, a, _ = (x.decode() if isinstance(x, bytes) else str(x) for x in reply)
             if kind == "ok":
@@ -208,17 +215,9 @@ class SharedBudget:
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """Raise the count of the window this thread's request was reserved in to the provider's figure."""
-        if not self.used_header:
-            return
-        value = headers.get(self.used_header)
-        if value is None:
-            return
-        try:
-            used = int(str(value).strip())
-        except ValueError:
-            return
+        used = self.reported_used(headers)
         wid = getattr(self._local, "wid", None)
-        if wid is None:
+        if used is None or wid is None:
             return
         self._run(self._observe, [f"{self.scope}:w:{wid}"], [used, math.ceil(self.window * 2000)])
 

@@ -118,9 +118,9 @@ def test_two_celery_workers_share_one_budget_and_survive_a_killed_worker(deploym
     )
     # the provider's limit held for the deployment as a whole
     assert 0 < fake.max_window_weight <= LIMIT, fake.window_weights
-    # A request reserved at the very end of one budget window can reach the server in its next window
-    # (seen once in two CI runs: that window reached exactly the limit and 2 requests got a 429). The 429
-    # pauses every worker (shared), so it never escalates: no ban was earned and none was ignored.
+    # A reservation at a window's edge is charged to the next window too (it may land there); a request
+    # slower than that margin can still reach the server a window late and earn a 429. The 429 pauses
+    # every worker (shared), so it never escalates: no ban was earned and none was ignored.
     assert fake.throttled < 3 and fake.requests_while_banned == []
     assert len([w for w in fake.window_weights.values() if w]) >= 5  # paced over >= 5 windows
     assert took > 4 * WINDOW

@@ -66,3 +66,30 @@ def test_ban_refuses_until_it_ends() -> None:
     assert ei.value.until is not None and ei.value.until.timestamp() == 1060.0
     c.t = 1061.0
     b.acquire(2)
+
+
+def test_a_reservation_at_the_window_edge_counts_in_the_next_window_too() -> None:
+    """The provider counts a request where it lands: one reserved in a window's last 3 s (5 % of 60 s)
+    may land in the next window, so it is charged there as well and the next window holds less."""
+    c = Clock(600.0 + 58.0)  # 2 s before the window turns
+    b = budget(c)
+    assert b.edge_seconds == pytest.approx(3.0)
+    b.acquire(30)
+    c.t = 600.0 + 56.0  # not the edge (earlier in the same window): counted once
+    b.acquire(10)
+    c.t = 660.0
+    assert b.used == 30  # only the edge reservation was carried
+    for _ in range(25):  # 30 + 25 x 2 = 80: the threshold
+        b.acquire(2)
+    c.t = 661.0
+    b.acquire(2)
+    assert sum(c.slept) == pytest.approx(59.001)  # full: held until 720
+
+
+def test_at_the_edge_a_full_next_window_holds_the_request() -> None:
+    c = Clock(600.0 + 59.0)
+    b = budget(c)
+    b.acquire(80)  # the current and the next window both at the threshold
+    c.t = 600.0 + 59.5
+    b.acquire(2)  # current window full: wait for 660; there, 80 carried + 2 > 80: wait for 720
+    assert c.t == pytest.approx(720.001) and b.used == 2

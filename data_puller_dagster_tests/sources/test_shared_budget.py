@@ -8,6 +8,7 @@ under CI=true. Keys are scoped by the fake's port (unique per test) and deleted 
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import os
 import time
@@ -167,6 +168,29 @@ def test_the_used_weight_header_corrects_the_count(fake: FakeBinance, redis_url:
     with pytest.raises(_Waited):
         budget.acquire(4)  # 12 + 4 > 14: held until the next window
     assert 0 < waits[0] <= 30.1
+
+
+def test_a_reservation_at_the_window_edge_counts_in_the_next_window_too(fake: FakeBinance, redis_url: str) -> None:
+    """The window is Redis's clock: wait (on it) for the last 0.25 s of a 1 s window, reserve, and the
+    next window's key holds the reservation too; a reservation mid-window does not reach it."""
+    budget = _budget(fake.url, redis_url)
+    assert budget.edge_seconds == 0.25
+
+    def redis_now() -> float:
+        sec, usec = budget.client.time()
+        return sec + usec / 1e6
+
+    now = redis_now()
+    time.sleep((math.floor(now) + 0.3 - now) % 1.0)  # 0.3 s into a window: not the edge
+    budget.acquire(2)
+    wid = math.floor(redis_now())
+    assert budget.client.get(f"{budget.scope}:w:{wid + 1}") is None
+    now = redis_now()
+    time.sleep(max(0.0, wid + 0.85 - now))  # the same window's edge
+    budget.acquire(4)
+    assert math.floor(redis_now()) == wid, "the machine was too slow to hit the edge; rerun"
+    assert int(budget.client.get(f"{budget.scope}:w:{wid}")) == 6
+    assert int(budget.client.get(f"{budget.scope}:w:{wid + 1}")) == 4
 
 
 def test_unreachable_store_fails_retryably_without_its_password() -> None:
