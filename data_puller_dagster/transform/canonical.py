@@ -31,9 +31,25 @@ CANONICAL_DTYPES: dict[str, str] = {
 CANONICAL_COLUMNS: list[str] = list(CANONICAL_DTYPES)
 
 
+_EMPTY: dict[tuple[str, str], pd.DataFrame] = {}
+
+
+def empty_frame(dtypes: dict[str, str], name: str) -> pd.DataFrame:
+    """A zero-row frame of these dtypes, a fresh copy per call.
+
+    Why cached: building one column by column costs ~0.5 ms, a copy of a built one a tenth of that, and
+    the live stream's normalize() asks for two per micro-batch. Keyed by pandas' string storage too, since
+    "string" means another dtype when that option changes.
+    """
+    key = (name, str(pd.get_option("mode.string_storage")))
+    if (frame := _EMPTY.get(key)) is None:
+        frame = _EMPTY[key] = pd.DataFrame({c: pd.Series(dtype=d) for c, d in dtypes.items()})
+    return frame.copy(deep=True)
+
+
 def empty_canonical() -> pd.DataFrame:
     """A zero-row canonical frame with the exact dtypes."""
-    return pd.DataFrame({c: pd.Series(dtype=d) for c, d in CANONICAL_DTYPES.items()})
+    return empty_frame(CANONICAL_DTYPES, "canonical")
 
 
 def coerce_canonical(df: pd.DataFrame, extra: bool = False) -> pd.DataFrame:

@@ -7,7 +7,8 @@ It speaks the spot protocol of 2026 on `ws://127.0.0.1:<port>`:
   are answered with `{"result": null, "id": ...}`.
 - kline events `{"e":"kline","E":...,"s":...,"k":{t,T,s,i,f,L,o,c,h,l,v,n,x,q,V,Q,B}}` with prices and
   volumes as strings (8 decimals, exactly the REST fake's text), `x` false for in-progress updates and
-  true for the final one. `E` is the real wall-clock time of sending (latency measurements use it).
+  true for the final one. `E` is the real wall-clock time a tick's events are handed to the connections,
+  one value per tick (latency measurements use it).
 - an accelerated clock (`VirtualClock`): candles open and close `speed` times faster than real time;
   each candle gets `updates_per_candle` in-progress updates, then its final event at its close.
 - pings every `ping_interval` seconds; a connection that has not answered a ping within `pong_timeout`
@@ -351,6 +352,7 @@ class FakeBinanceWS:
     async def _emit(self) -> None:
         while True:
             now = self.clock.now_ms()
+            due: list[tuple[str, bytes, dict[str, Any]]] = []  # (stream, encoded kline body, body)
             for name, s in self.series.items():
                 if s.next_at > now:  # nothing due for this series (most ticks): one comparison
                     continue
@@ -360,19 +362,32 @@ class FakeBinanceWS:
                     if k is None or at > now:
                         break
                     s.next_event += 1
-                    data = {"e": "kline", "E": int(time.time() * 1000), "s": s.symbol, "k": k}
-                    raw = orjson.dumps(data).decode()
-                    wrapped = None
-                    if k["x"]:
-                        self.final_sent[name].append(k["t"])
-                    for c in list(self.conns.values()):
-                        if name in c.streams and not c.silent:
-                            if c.combined:
-                                wrapped = wrapped or orjson.dumps({"stream": name, "data": data}).decode()
-                            c.queue.put_nowait(wrapped if c.combined else raw)
-                            if k["x"]:
-                                c.sent_final.append((name, k["t"]))
+                    due.append((name, orjson.dumps(k), k))
+            if due:
+                self._send_due(due)
             await asyncio.sleep(self.tick)
+
+    def _send_due(self, due: list[tuple[str, bytes, dict[str, Any]]]) -> None:
+        """Queue a tick's events, all stamped with one `E`: the time they are handed to the connections.
+
+        The bodies were encoded before `E` is read, so the fake's own encoding time (a few ms for a
+        200-symbol burst) is not counted as latency by consumers measuring from `E`, as it is not on
+        Binance, whose `E` is the event's time at the exchange."""
+        e_ms = int(time.time() * 1000)
+        conns = list(self.conns.values())
+        for name, body, k in due:
+            symbol = orjson.dumps(k["s"]).decode()
+            raw = f'{{"e":"kline","E":{e_ms},"s":{symbol},"k":{body.decode()}}}'
+            wrapped = None
+            if k["x"]:
+                self.final_sent[name].append(k["t"])
+            for c in conns:
+                if name in c.streams and not c.silent:
+                    if c.combined:
+                        wrapped = wrapped or f'{{"stream":{orjson.dumps(name).decode()},"data":{raw}}}'
+                    c.queue.put_nowait(wrapped if c.combined else raw)
+                    if k["x"]:
+                        c.sent_final.append((name, k["t"]))
 
     # ------------------------------------------------------------------------------ inspection
     def produced_finals(self, symbol: str, interval: str) -> pd.DataFrame:

@@ -20,8 +20,15 @@ every row of such a route (updates and finals) is also added there with a Redis-
 full life of each candle, at least once (a re-published batch appears again; dedupe on `id` +
 `data`). Without it, in-progress rows are counted in `skipped_in_progress`.
 
-Each batch of `batch_size` XADDs is one MULTI/EXEC pipeline: one round trip, and a consumer never
-sees half a batch. `maxlen` trims each stream approximately (`MAXLEN ~`), which is cheap for Redis.
+A live micro-batch goes out as one server-side script per `batch_size` entries (finals and update rows
+together): the script checks every key's type before writing anything, then XADDs; Redis refuses a
+final candle at or below its stream's last id (a re-sent row: counted in `refused_as_duplicate` and
+`skipped_rows`), so no last-id read is needed first. Why a script: redis-py packing and parsing one XADD
+per candle plus that read was most of a 200-symbol burst's time (the latency target of issue 18). A user
+who may not run scripts (ACL) gets the MULTI/EXEC path below instead, with the same result.
+
+Otherwise each batch of `batch_size` XADDs is one MULTI/EXEC pipeline: one round trip. Either way a
+consumer never sees half a batch. `maxlen` trims each stream approximately (`MAXLEN ~`), cheap for Redis.
 """
 
 from __future__ import annotations
@@ -71,6 +78,36 @@ for i, key in ipairs(KEYS) do
 end
 return out
 """
+
+
+# Live micro-batches (see RedisStreamDestination._xadd_live). ARGV[1]: MAXLEN ("" for none), then per
+# entry 4 values: KEYS index, entry id (<ms>-0, or * for a generated one), the message id, the payload.
+# Returns {published with explicit ids, refused as already there, published with generated ids}.
+_LIVE_XADD = """
+for _, key in ipairs(KEYS) do
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= 'stream' then return redis.error_reply('DPWRONGTYPE ' .. key .. ' ' .. t) end
+end
+local maxlen = ARGV[1]
+local published, refused, generated = 0, 0, 0
+for i = 2, #ARGV, 4 do
+  local key, eid = KEYS[tonumber(ARGV[i])], ARGV[i + 1]
+  local res
+  if maxlen == '' then
+    res = redis.pcall('XADD', key, eid, 'id', ARGV[i + 2], 'data', ARGV[i + 3])
+  else
+    res = redis.pcall('XADD', key, 'MAXLEN', '~', maxlen, eid, 'id', ARGV[i + 2], 'data', ARGV[i + 3])
+  end
+  if type(res) == 'table' and res.err then
+    if eid ~= '*' and string.find(res.err, 'equal or smaller', 1, true) then refused = refused + 1
+    else return redis.error_reply('DPXADD ' .. res.err) end
+  elseif eid == '*' then generated = generated + 1
+  else published = published + 1 end
+end
+return {published, refused, generated}
+"""
+# What a server says when this user may not run scripts (ACL) or scripting is disabled.
+_SCRIPTING_REFUSED = re.compile(r"no permissions|NOPERM|unknown command|scripting", re.IGNORECASE)
 
 
 class RedisStreamOptions(StreamOptions):
@@ -161,11 +198,14 @@ class RedisStreamDestination(StreamBase):
 
     def _xadd(self, messages: Messages, streams: list[str], batch_size: int, table: TableRef) -> dict[str, Any]:
         r = self._redis()
-        live_md: dict[str, Any] = {}
-        in_progress = None
         if table.layer == "live":  # see the module docstring: updates never take a candle's id
             in_progress = np.fromiter((_IN_PROGRESS in p for p in messages.payloads), bool, len(messages))
+            live = self._xadd_live(r, table, messages, streams, batch_size, in_progress)
+            if live is not None:
+                return live
             live_md = self._xadd_updates(r, table, messages, batch_size, in_progress)
+        else:
+            in_progress, live_md = None, {}
         last = self._last_ms(r, streams)
         # Rows newer than their stream's last entry, found per symbol by one binary search (ts sorted).
         send = np.concatenate(
@@ -176,7 +216,7 @@ class RedisStreamDestination(StreamBase):
         )
         if in_progress is not None and in_progress.any():
             send = send[~in_progress[send]]
-        stream_of = np.repeat(np.arange(len(streams)), [b - a for _, _, a, b in messages.runs])
+        stream_of = self._stream_of(messages)
         maxlen = self.options.maxlen
         published = refused = n_batches = 0
         for rows in batches(send, batch_size):
@@ -207,6 +247,78 @@ class RedisStreamDestination(StreamBase):
             "batches": n_batches,
             **live_md,
         }
+
+    @staticmethod
+    def _stream_of(messages: Messages) -> np.ndarray:
+        """Per row, the index of its stream (one stream per symbol run)."""
+        return np.repeat(np.arange(len(messages.runs)), [b - a for _, _, a, b in messages.runs])
+
+    def _xadd_live(
+        self, r: redis.Redis, table: TableRef, messages: Messages, streams: list[str], batch_size: int,
+        in_progress: np.ndarray,
+    ) -> dict[str, Any] | None:
+        """A live micro-batch in one server-side script per `batch_size` rows (None: scripting refused).
+
+        Why: the live path's latency target. redis-py packing and parsing one XADD per candle in a
+        MULTI/EXEC, plus a round trip for the streams' last ids, was most of a burst's time. The script
+        adds the final candles with their candle-time ids (Redis refuses one at or below a stream's last
+        id: counted in `refused_as_duplicate`, as a re-sent candle is) and, with `updates_stream`, every row
+        with a generated id; it checks every key's type before writing anything, and runs atomically (a
+        consumer never sees half a chunk).
+        """
+        template = self.options.updates_stream
+        stream_of = self._stream_of(messages)
+        rows = np.flatnonzero(~in_progress)  # finals -> `stream`, candle-time ids
+        keys = list(streams)
+        targets = [stream_of[rows]]
+        ids = [np.char.add(messages.ts_ms[rows].astype(str), "-0")]
+        picks = [rows]
+        if template is not None:  # every row -> `updates_stream`, generated ids
+            names = [render_name(template, name_values(table, key), "updates_stream name", STREAM_NAME)
+                     for key, _, _, _ in messages.runs]  # fmt: skip
+            keys += names
+            every = np.arange(len(messages))
+            targets.append(stream_of + len(streams))
+            ids.append(np.full(len(messages), "*", dtype=object))
+            picks.append(every)
+        target = np.concatenate(targets)
+        entry_id = np.concatenate([np.asarray(i, dtype=object) for i in ids])
+        pick = np.concatenate(picks)
+        maxlen = "" if self.options.maxlen is None else str(self.options.maxlen)
+        script = r.register_script(_LIVE_XADD)
+        published = refused = generated = n_batches = 0
+        for chunk in batches(np.arange(len(pick)), batch_size):
+            used = np.unique(target[chunk])  # the keys this chunk touches, declared to the script
+            local = np.searchsorted(used, target[chunk]) + 1  # Lua's 1-based KEYS index
+            args: list[Any] = [maxlen]
+            for k, eid, i in zip(local.tolist(), entry_id[chunk].tolist(), pick[chunk].tolist(), strict=True):
+                args += (k, eid, messages.ids[i], messages.payloads[i])
+            try:
+                reply = script(keys=[keys[u] for u in used.tolist()], args=args)
+            except redis.ResponseError as e:
+                text = str(e)
+                if "DPWRONGTYPE" in text:
+                    key, kind = text.split("DPWRONGTYPE ", 1)[1].rsplit(" ", 1)
+                    raise StorageError(f"redis_stream: key {key!r} is not a stream (a {kind}); delete it or change "
+                                       "`stream`/`updates_stream`") from None  # fmt: skip
+                if "DPXADD" in text:
+                    raise StreamPublishError(f"redis_stream: XADD failed: {text.split('DPXADD ', 1)[1]}") from None
+                refused_here = isinstance(e, redis.exceptions.NoPermissionError) or _SCRIPTING_REFUSED.search(text)
+                if n_batches == 0 and refused_here:
+                    return None  # nothing written yet: the pipeline path does it without scripting
+                raise StreamPublishError(f"redis_stream: the live XADD script failed: {text}") from None
+            n_batches += 1
+            published, refused, generated = published + reply[0], refused + reply[1], generated + reply[2]
+        md: dict[str, Any] = {
+            "published": published,
+            "skipped_rows": len(messages) - published,
+            "refused_as_duplicate": refused,
+            "batches": n_batches,
+            "skipped_in_progress": int(in_progress.sum()),
+        }
+        if template is not None:
+            md["updates_published"] = generated
+        return md
 
     def _xadd_updates(
         self, r: redis.Redis, table: TableRef, messages: Messages, batch_size: int, in_progress: np.ndarray
