@@ -33,6 +33,7 @@ consumer never sees half a batch. `maxlen` trims each stream approximately (`MAX
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Any, ClassVar
 
@@ -285,14 +286,18 @@ class RedisStreamDestination(StreamBase):
         entry_id = np.concatenate([np.asarray(i, dtype=object) for i in ids])
         pick = np.concatenate(picks)
         maxlen = "" if self.options.maxlen is None else str(self.options.maxlen)
+        msg_ids = np.asarray(messages.ids, dtype=object)[pick]
+        payloads = np.empty(len(messages), dtype=object)
+        payloads[:] = messages.payloads
+        payloads = payloads[pick]
         script = r.register_script(_LIVE_XADD)
         published = refused = generated = n_batches = 0
         for chunk in batches(np.arange(len(pick)), batch_size):
             used = np.unique(target[chunk])  # the keys this chunk touches, declared to the script
             local = np.searchsorted(used, target[chunk]) + 1  # Lua's 1-based KEYS index
-            args: list[Any] = [maxlen]
-            for k, eid, i in zip(local.tolist(), entry_id[chunk].tolist(), pick[chunk].tolist(), strict=True):
-                args += (k, eid, messages.ids[i], messages.payloads[i])
+            # ARGV: maxlen, then (key index, entry id, message id, payload) per entry, interleaved in C
+            fields = (local.tolist(), entry_id[chunk].tolist(), msg_ids[chunk].tolist(), payloads[chunk].tolist())
+            args: list[Any] = [maxlen, *itertools.chain.from_iterable(zip(*fields, strict=True))]
             try:
                 reply = script(keys=[keys[u] for u in used.tolist()], args=args)
             except redis.ResponseError as e:
