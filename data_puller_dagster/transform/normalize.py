@@ -33,22 +33,27 @@ Why it is built like this:
 
 from __future__ import annotations
 
-import functools
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from data_puller_dagster import timeframes
 from data_puller_dagster.symbols import SYMBOL_PATTERN
 from data_puller_dagster.transform.calendars import family, on_grid
-from data_puller_dagster.transform.canonical import (
-    CANONICAL_COLUMNS,
-    CANONICAL_DTYPES,
-    empty_canonical,
-    empty_frame,
+from data_puller_dagster.transform.canonical import CANONICAL_DTYPES, empty_canonical, empty_frame
+from data_puller_dagster.transform.dedupe import deduplicate
+from data_puller_dagster.transform.raw_columns import (
+    binance_interval_s,
+    binance_ts,
+    from_codes,
+    text_codes,
+    to_float,
+    trades_column,
+    twelvedata_interval_s,
+    twelvedata_ts,
+    utc_col,
 )
 
 QUARANTINE_DTYPES: dict[str, str] = {
@@ -76,7 +81,6 @@ RULES: dict[str, str] = {
     "low_above_open_close": "low > min(open, close)",
     "negative_volume": "volume, quote volume or trades negative or unparseable",
 }
-VALUE_COLUMNS = ["open", "high", "low", "close", "volume", "trades", "quote_volume", "source", "is_final"]
 BINANCE_REQUIRED = ("open_time", "open", "high", "low", "close", "volume", "symbol", "fetched_at")
 TWELVEDATA_REQUIRED = ("datetime", "open", "high", "low", "close", "symbol", "fetched_at")
 # Every raw column normalize reads, per layout (the others, e.g. Binance's taker volumes, only stay in
@@ -156,175 +160,6 @@ def empty_quarantine() -> pd.DataFrame:
     return empty_frame(QUARANTINE_DTYPES, "quarantine")
 
 
-# --------------------------------------------------------------------------------------- parsing
-def _arrow_text(s: pd.Series) -> pa.Array | None:
-    """The Arrow data of a text column (string[pyarrow]: its own; string[python]: converted), else None."""
-    if not isinstance(s.dtype, pd.StringDtype):
-        return None
-    if s.dtype.storage == "python":  # one C pass over the str objects (np.asarray: no copy; <NA> -> null)
-        return pa.array(np.asarray(s.array, dtype=object), type=pa.string(), from_pandas=True)
-    return pa.array(s.array)  # Arrow storage: its own buffers
-
-
-def _python_text(s: pd.Series) -> pd.Series:
-    """`s` with Python string storage (the rare slow paths below were written, and are exact, for it)."""
-    if isinstance(s.dtype, pd.StringDtype) and s.dtype.storage != "python":
-        return s.astype(pd.StringDtype("python"))
-    return s
-
-
-def _to_float(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """(values, unparseable mask). Null stays NaN and is *not* unparseable; junk text is.
-
-    Text columns without nulls are parsed by Arrow's C++ cast (no Python object per value): for every
-    string it accepts and parses to a finite number, the result is bit-identical to Python's `float`
-    (both round correctly). Anything else - a null, a string Arrow refuses (" 5", "1_0"), a
-    non-finite result - takes the original NumPy/pandas path on Python strings, so the values and
-    the unparseable mask stay exactly what they were.
-    """
-    if pd.api.types.is_float_dtype(s.dtype) or pd.api.types.is_integer_dtype(s.dtype):
-        vals = s.to_numpy(dtype="float64", na_value=np.nan, copy=True)  # never a view of the raw frame
-        return vals, np.zeros(len(s), dtype=bool)
-    arrow = _arrow_text(s)
-    if arrow is not None and len(s) and arrow.null_count == len(s):  # e.g. forex volume: all missing
-        return np.full(len(s), np.nan), np.zeros(len(s), dtype=bool)
-    if arrow is not None and arrow.null_count == 0:
-        try:
-            vals = pc.cast(arrow, pa.float64()).to_numpy()
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            vals = None
-        if vals is not None and np.isfinite(vals).all():
-            return vals, np.zeros(len(s), dtype=bool)
-    s = _python_text(s)
-    try:  # numpy's C string->float on clean columns (np.asarray: no copy of a StringArray)
-        vals = np.asarray(s.array, dtype=object).astype(np.float64)
-        return vals, np.zeros(len(s), dtype=bool)
-    except (ValueError, TypeError):
-        pass
-    vals = pd.to_numeric(s, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-    bad = np.isnan(vals) & s.notna().to_numpy()
-    return vals, bad
-
-
-def _as_text(s: pd.Series) -> pd.Series:
-    """`s` as a pandas string column (either storage kept), like `astype("string")` for other dtypes."""
-    return s if isinstance(s.dtype, pd.StringDtype) else s.astype("string")
-
-
-def _text_codes(s: pd.Series) -> tuple[np.ndarray, list[object]]:
-    """(codes, sorted distinct values) of a column as text; code -1 for nulls, like
-    `pd.factorize(sort=True)`.
-
-    The usual raw frame has one symbol, one timeframe and one source: one vectorized comparison then
-    settles it (no hashing of a million strings). The column is rebuilt from these few values instead
-    of converted row by row: an Arrow column costs no Python object per row, a Python one shares one
-    object per distinct value.
-    """
-    s = _as_text(s)
-    if len(s) and isinstance(first := s.iloc[0], str):
-        if s.dtype.storage == "python":  # NumPy's object comparison (pandas' own adds a mask pass)
-            try:
-                eq = np.asarray(np.asarray(s.array, dtype=object) == first, dtype=bool)  # no copy of the array
-                same = eq.shape == (len(s),) and bool(eq.all())
-            except TypeError:  # <NA> == str has no truth value: not a one-value column
-                same = False
-        else:
-            same = bool((s == first).to_numpy(dtype=bool, na_value=False).all())
-        if same:
-            return np.zeros(len(s), dtype=np.intp), [first]
-    codes, uniques = pd.factorize(s, sort=True)
-    return codes, list(uniques)
-
-
-def _from_codes(codes: np.ndarray, uniques: list[object]) -> pd.Series:
-    """The "string" column whose row i is uniques[codes[i]] (<NA> where the code is -1)."""
-    values = np.empty(len(uniques) + 1, dtype=object)
-    values[: len(uniques)] = uniques
-    values[-1] = pd.NA  # index -1
-    return pd.Series(pd.arrays.StringArray(values[codes]), copy=False)
-
-
-def _trades(col: pd.Series) -> pd.Series:
-    """Trades as Int64 (rounded), <NA> where missing or unparseable."""
-    if col.dtype == np.int64:
-        v = col.to_numpy()
-        if len(v) == 0 or int(np.abs(v).max()) <= 2**53:  # exact in float64: the round trip is the identity
-            return pd.Series(pd.array(v, dtype="Int64"), copy=False)
-    return pd.to_numeric(col, errors="coerce").astype("Float64").round().astype("Int64")
-
-
-def _ts_unit(v: np.ndarray) -> np.ndarray:
-    """ns per unit of each Binance epoch value, decided by magnitude (s, ms, µs or ns)."""
-    return np.select([v < 10**11, v < 10**14, v < 10**17], [10**9, 10**6, 10**3], 1)
-
-
-def _epoch_ints(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """(int64 values, valid mask) of an epoch column that may arrive as ints, floats or text."""
-    if pd.api.types.is_integer_dtype(col.dtype) and not isinstance(col.dtype, pd.Int64Dtype):
-        v = col.to_numpy(dtype="int64")
-        return v, v > 0
-    num = pd.to_numeric(col, errors="coerce").astype("Float64")
-    valid = (num.notna() & (num > 0) & (num == num.round())).fillna(False).to_numpy(dtype=bool)
-    return np.where(valid, num.fillna(0).to_numpy(dtype="float64"), 0).astype("int64"), valid
-
-
-def _binance_interval_s(raw: pd.DataFrame) -> np.ndarray:
-    """Seconds each kline says it spans (`close_time - open_time + 1`, in open_time's unit); NaN if unknown."""
-    if "close_time" not in raw.columns:
-        return np.full(len(raw), np.nan)
-    ot, ot_ok = _epoch_ints(raw["open_time"])
-    ct, ct_ok = _epoch_ints(raw["close_time"])
-    ok = ot_ok & ct_ok & (ct >= ot)
-    span = np.where(ok, ct - ot + 1, 0).astype("float64") * _ts_unit(np.where(ok, ot, 1)) / 1e9
-    return np.where(ok, span, np.nan)
-
-
-def _twelvedata_interval_s(raw: pd.DataFrame) -> np.ndarray:
-    """Seconds of the `interval` the response's meta stated (NaN where the raw frame has none)."""
-    if "interval" not in raw.columns:
-        return np.full(len(raw), np.nan)
-    text = raw["interval"].astype("string")
-    uniq = pd.unique(text.dropna())  # a handful of names per frame, not per row
-    secs = {u: timeframes.interval_seconds(u) for u in uniq}
-    mapped = text.map(lambda u: secs.get(u) if u is not pd.NA else None, na_action="ignore")
-    return pd.to_numeric(mapped, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-
-
-def _binance_ts(raw: pd.DataFrame) -> tuple[np.ndarray, pd.Series]:
-    """open_time in s/ms/µs/ns (by magnitude) -> ns int64 (NaT value where unparseable), raw text."""
-    ot = raw["open_time"]
-    v, valid = _epoch_ints(ot)
-    mult = _ts_unit(v)
-    with np.errstate(over="ignore"):
-        ns = v * mult
-    valid &= (ns // mult) == v  # overflow guard
-    ns = np.where(valid, ns, np.iinfo("int64").min)
-    return ns, ot  # stringified only for quarantined rows
-
-
-def _twelvedata_ts(raw: pd.DataFrame, raw_tz: str) -> tuple[np.ndarray, pd.Series]:
-    """Twelve Data `datetime` strings ("YYYY-MM-DD HH:MM:SS" or "YYYY-MM-DD", in raw_tz) -> UTC ns."""
-    text = raw["datetime"].astype("string")
-    parsed = pd.to_datetime(text, format="%Y-%m-%d %H:%M:%S", errors="coerce")
-    todo = parsed.isna() & text.notna()
-    if todo.any():
-        parsed.loc[todo] = pd.to_datetime(text[todo], format="%Y-%m-%d", errors="coerce")
-    local = parsed.dt.tz_localize(raw_tz, ambiguous="NaT", nonexistent="NaT").dt.tz_convert("UTC")
-    ns = local.to_numpy("datetime64[ns]").view("int64").copy()
-    todo = local.isna() & text.notna()
-    if todo.any():  # explicit offsets ("2023-08-24T11:09:00+00:00") are honoured, never reinterpreted
-        iso = pd.to_datetime(text[todo], format="ISO8601", errors="coerce", utc=True)
-        ns[todo.to_numpy()] = iso.to_numpy("datetime64[ns]").view("int64")
-    return ns, text
-
-
-def _utc_col(raw: pd.DataFrame, col: str) -> pd.Series:
-    s = raw[col]
-    if not isinstance(s.dtype, pd.DatetimeTZDtype):
-        s = pd.to_datetime(s, errors="coerce", utc=True)
-    return s.dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
-
-
 def _layout(raw: pd.DataFrame) -> str:
     if "open_time" in raw.columns:
         layout, required = "binance", BINANCE_REQUIRED
@@ -387,11 +222,11 @@ def normalize(
     spent(*(c for c in raw.columns if c not in RAW_COLUMNS_READ[layout]))
 
     if layout == "binance":
-        ts_ns, raw_ts = _binance_ts(raw)
-        interval_s = _binance_interval_s(raw)
+        ts_ns, raw_ts = binance_ts(raw)
+        interval_s = binance_interval_s(raw)
     else:
-        ts_ns, raw_ts = _twelvedata_ts(raw, raw_tz)
-        interval_s = _twelvedata_interval_s(raw)
+        ts_ns, raw_ts = twelvedata_ts(raw, raw_tz)
+        interval_s = twelvedata_interval_s(raw)
     spent("open_time", "close_time", "datetime", "interval")  # raw_ts keeps what quarantine needs
     ts = pd.Series(ts_ns.view("datetime64[ns]"), dtype="datetime64[ns]").dt.tz_localize("UTC")
     ts_ok = ~ts.isna().to_numpy()
@@ -399,36 +234,36 @@ def normalize(
     prices = {}
     bad_price = np.zeros(n, dtype=bool)
     for c in ("open", "high", "low", "close"):
-        prices[c], bad = _to_float(raw[c])
+        prices[c], bad = to_float(raw[c])
         bad_price |= bad | ~np.isfinite(prices[c])
         spent(c)
     volume, bad_vol = (
-        _to_float(raw["volume"]) if "volume" in raw.columns else (np.full(n, np.nan), np.zeros(n, dtype=bool))
+        to_float(raw["volume"]) if "volume" in raw.columns else (np.full(n, np.nan), np.zeros(n, dtype=bool))
     )
     if "quote_volume" in raw.columns:
-        quote_volume, bad_qv = _to_float(raw["quote_volume"])
+        quote_volume, bad_qv = to_float(raw["quote_volume"])
     else:
         quote_volume, bad_qv = np.full(n, np.nan), np.zeros(n, dtype=bool)
     if "trades" in raw.columns:
-        trades = _trades(raw["trades"])
+        trades = trades_column(raw["trades"])
         bad_trades = (trades.isna().to_numpy() & raw["trades"].notna().to_numpy())
     else:
         trades = pd.Series(pd.NA, index=raw.index, dtype="Int64")
         bad_trades = np.zeros(n, dtype=bool)
     spent("volume", "quote_volume", "trades")
 
-    fetched_at = _utc_col(raw, "fetched_at")
+    fetched_at = utc_col(raw, "fetched_at")
     spent("fetched_at")
     step = pd.Timedelta(seconds=timeframes.seconds(timeframe))
     is_final = (fetched_at >= ts + step).fillna(False).to_numpy(dtype=bool)
-    sym_codes, sym_uniq = _text_codes(raw["symbol"])
-    symbol = _from_codes(sym_codes, sym_uniq)
+    sym_codes, sym_uniq = text_codes(raw["symbol"])
+    symbol = from_codes(sym_codes, sym_uniq)
     if "source" in raw.columns:
-        source = _from_codes(*_text_codes(raw["source"]))
+        source = from_codes(*text_codes(raw["source"]))
     else:
         source = pd.Series(layout, index=raw.index, dtype="string")
     if "timeframe" in raw.columns:
-        tf_codes, tf_uniq = _text_codes(raw["timeframe"])
+        tf_codes, tf_uniq = text_codes(raw["timeframe"])
         tf_mismatch = np.array([u != timeframe for u in tf_uniq] + [False], dtype=bool)[tf_codes]  # <NA>: no
     else:
         tf_mismatch = np.zeros(n, dtype=bool)
@@ -486,9 +321,9 @@ def normalize(
         report.quarantined_by_rule = {k: int(v) for k, v in quarantine["rule"].value_counts().items()}
 
     if failed.any():
-        data, conflicts = _deduplicate(frame[~failed], report, sym_codes[~failed])
+        data, conflicts = deduplicate(frame[~failed], report, sym_codes[~failed])
     else:
-        data, conflicts = _deduplicate(frame, report, sym_codes)
+        data, conflicts = deduplicate(frame, report, sym_codes)
     report.rows_out = len(data)
     report.still_open = int((~data["is_final"]).sum())
     zero = (data["volume"] == 0) | (data["trades"] == 0).fillna(False)
@@ -526,62 +361,3 @@ def _quarantine(
     )
     q["detail"] = detail + values
     return q[QUARANTINE_COLUMNS].astype(QUARANTINE_DTYPES).reset_index(drop=True)
-
-
-def _canonical_dtypes() -> list[object]:
-    """CANONICAL_DTYPES as dtype objects, in column order ("string" resolved with the current storage)."""
-    return _resolved_dtypes(str(pd.get_option("mode.string_storage")))
-
-
-@functools.cache
-def _resolved_dtypes(string_storage: str) -> list[object]:
-    return [pd.api.types.pandas_dtype(d) for d in CANONICAL_DTYPES.values()]
-
-
-def _deduplicate(
-    good: pd.DataFrame, report: NormalizeReport, sym_codes: np.ndarray
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Keep the most recently fetched row per (symbol, timeframe, ts); count what was dropped.
-
-    `sym_codes`: per row, the rank of its symbol among the distinct symbols (`pd.factorize(sort=True)`).
-    """
-    if good.empty:
-        return empty_canonical(), empty_canonical()
-    ts_ns = good["ts"].to_numpy("datetime64[ns]").view("int64")
-    fa_ns = good["fetched_at"].to_numpy("datetime64[ns]").view("int64")
-    order = np.lexsort((np.arange(len(good)), fa_ns, ts_ns, sym_codes))
-    if (np.diff(order) == 1).all():  # already sorted (the usual case): skip a full copy of the frame
-        idx = good.index
-        in_place = isinstance(idx, pd.RangeIndex) and idx.start == 0 and idx.step == 1
-        g = good if in_place else good.reset_index(drop=True)
-    else:
-        g = good.iloc[order].reset_index(drop=True)
-    sym_s, ts_s = sym_codes[order], ts_ns[order]
-    last_of_key = np.ones(len(g), dtype=bool)
-    last_of_key[:-1] = (sym_s[1:] != sym_s[:-1]) | (ts_s[1:] != ts_s[:-1])
-    if last_of_key.all():
-        cols = g if list(g.columns) == CANONICAL_COLUMNS else g[CANONICAL_COLUMNS]
-        if list(cols.dtypes) != _canonical_dtypes():  # usually they match: astype would cost ~0.5 ms for nothing
-            cols = cols.astype(CANONICAL_DTYPES, copy=False)
-        return cols, empty_canonical()
-
-    winner_pos = np.flatnonzero(last_of_key)
-    row_winner = winner_pos[np.searchsorted(winner_pos, np.arange(len(g)))]
-    losers = np.flatnonzero(~last_of_key)
-    lw = row_winner[losers]
-    same = np.ones(len(losers), dtype=bool)
-    for col in VALUE_COLUMNS:  # loop over columns; each comparison is vectorized over all losers
-        a = g[col].iloc[losers].reset_index(drop=True)
-        b = g[col].iloc[lw].reset_index(drop=True)
-        eq = (a == b).fillna(False).to_numpy(dtype=bool) | (a.isna() & b.isna()).to_numpy()
-        same &= eq
-    was_open = ~g["is_final"].to_numpy()[losers]
-    superseded = ~same & was_open
-    conflict = ~same & ~was_open
-    report.duplicates_identical = int(same.sum())
-    report.superseded_open = int(superseded.sum())
-    report.duplicate_conflicts = int(conflict.sum())
-    report.conflict_keys = int(len(np.unique(lw[conflict])))
-    conflicts = g.iloc[losers[conflict]][CANONICAL_COLUMNS].astype(CANONICAL_DTYPES).reset_index(drop=True)
-    data = g.iloc[winner_pos][CANONICAL_COLUMNS].astype(CANONICAL_DTYPES).reset_index(drop=True)
-    return data, conflicts

@@ -13,7 +13,8 @@ import pytest
 
 from data_puller_dagster import timeframes
 from data_puller_dagster.transform.canonical import CANONICAL_DTYPES
-from data_puller_dagster.transform.normalize import _to_float, normalize
+from data_puller_dagster.transform.normalize import normalize
+from data_puller_dagster.transform.raw_columns import to_float
 from data_puller_dagster.transform.schemas import validate_raw
 from data_puller_dagster_tests.transform import rawframes as R
 
@@ -72,7 +73,7 @@ def _junk_raw() -> pd.DataFrame:
 @pytest.mark.parametrize("storage", ["python", "pyarrow"])
 def test_price_parsing_matches_the_numpy_pandas_path(values: list[str | None], storage: str) -> None:
     s = pd.Series(values, dtype=pd.StringDtype(storage))
-    got, bad = _to_float(s)
+    got, bad = to_float(s)
     want, want_bad = _reference_float(s)
     assert got.dtype == np.float64 and np.array_equal(got.view("i8"), want.view("i8"))
     assert np.array_equal(bad, want_bad)
