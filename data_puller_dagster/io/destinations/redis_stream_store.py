@@ -165,6 +165,7 @@ class RedisStreamDestination(StreamBase):
         super().__init__(options)
         self._shown = shown_url(options.url.get_secret_value())
         self._client: redis.Redis | None = None
+        self._scripting = True  # false once the server refused the live script (ACL): MULTI/EXEC from then on
 
     def _redis(self) -> redis.Redis:
         if self._client is None:
@@ -201,7 +202,7 @@ class RedisStreamDestination(StreamBase):
         r = self._redis()
         if table.layer == "live":  # see the module docstring: updates never take a candle's id
             in_progress = np.fromiter((_IN_PROGRESS in p for p in messages.payloads), bool, len(messages))
-            live = self._xadd_live(r, table, messages, streams, batch_size, in_progress)
+            live = self._xadd_live(r, table, messages, streams, batch_size, in_progress) if self._scripting else None
             if live is not None:
                 return live
             live_md = self._xadd_updates(r, table, messages, batch_size, in_progress)
@@ -310,6 +311,7 @@ class RedisStreamDestination(StreamBase):
                     raise StreamPublishError(f"redis_stream: XADD failed: {text.split('DPXADD ', 1)[1]}") from None
                 refused_here = isinstance(e, redis.exceptions.NoPermissionError) or _SCRIPTING_REFUSED.search(text)
                 if n_batches == 0 and refused_here:
+                    self._scripting = False
                     return None  # nothing written yet: the pipeline path does it without scripting
                 raise StreamPublishError(f"redis_stream: the live XADD script failed: {text}") from None
             n_batches += 1
