@@ -67,7 +67,7 @@ def klines(periods: int, symbol_seed: int = 0, start: str = START) -> pd.DataFra
 
 def raw_frame(periods: int) -> pd.DataFrame:
     """A Binance raw frame (string prices, as the adapters hand it over) of `periods` 1m candles."""
-    from data_puller_dagster.sources.binance import klines_frame
+    from data_puller_dagster.sources.binance_klines import klines_frame
     from data_puller_dagster_tests.fakes.binance import wire_strings
 
     wire = wire_strings(klines(periods))

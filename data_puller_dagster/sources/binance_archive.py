@@ -24,13 +24,8 @@ import pyarrow.csv as pacsv
 import requests
 
 from data_puller_dagster.sources.base import KLINE_FIELDS, check_range
-from data_puller_dagster.sources.binance import (
-    BINANCE_INTERVALS,
-    INT_FIELDS,
-    KlineColumns,
-    columns_frame,
-    frame_columns,
-)
+from data_puller_dagster.sources.binance import BINANCE_INTERVALS
+from data_puller_dagster.sources.binance_klines import INT_FIELDS, KlineColumns, columns_frame, frame_columns
 from data_puller_dagster.sources.errors import (
     ChecksumMismatchError,
     InvalidRequestError,

@@ -26,7 +26,7 @@ import pandas as pd
 import pyarrow as pa
 
 from data_puller_dagster.sources.base import BINANCE_RAW_DTYPES, constant_text
-from data_puller_dagster.sources.binance import text_dtype
+from data_puller_dagster.sources.binance_klines import text_dtype
 from data_puller_dagster.sources.live import RawBatch, empty_batch
 
 SOURCE = "binance_ws"

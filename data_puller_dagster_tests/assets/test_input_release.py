@@ -26,7 +26,7 @@ from data_puller_dagster.assets.naming import table_ref
 from data_puller_dagster.config import parse_config
 from data_puller_dagster.io.router import Router
 from data_puller_dagster.io.tables import PartitionSlice
-from data_puller_dagster.sources.binance import klines_frame
+from data_puller_dagster.sources.binance_klines import klines_frame
 from data_puller_dagster.transform.normalize import RAW_COLUMNS_KEPT, normalize
 from data_puller_dagster_tests.fakes.binance import FakeBinance, generate_klines, wire_strings
 from data_puller_dagster_tests.transform import rawframes as R

@@ -20,7 +20,12 @@ import pytest
 from data_puller_dagster.sources import BINANCE_RAW_DTYPES, MalformedResponseError, raw_empty
 from data_puller_dagster.sources import binance_archive as archive
 from data_puller_dagster.sources.base import KLINE_FIELDS
-from data_puller_dagster.sources.binance import columns_frame, kline_columns, klines_frame, parse_klines_body
+from data_puller_dagster.sources.binance_klines import (
+    columns_frame,
+    kline_columns,
+    klines_frame,
+    parse_klines_body,
+)
 from data_puller_dagster.transform.normalize import normalize
 from data_puller_dagster.transform.schemas import validate_raw
 from data_puller_dagster_tests.fakes.binance import FakeBinance, generate_klines, wire_strings
