@@ -43,6 +43,7 @@ from pydantic import Field, SecretStr, field_validator
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from data_puller_dagster.io.destinations.redis_scripts import LAST_IDS, LIVE_XADD, SCRIPTING_REFUSED
 from data_puller_dagster.io.destinations.stream_base import (
     Messages,
     StreamBase,
@@ -63,54 +64,6 @@ STREAM_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,200}")
 _PLACEHOLDERS = ("feed", "table", "symbol_key", "timeframe")
 _ID_TOO_SMALL = "equal or smaller than the target stream top item"
 _IN_PROGRESS = b'"is_final":false'  # only the key can match: quotes inside JSON strings are escaped
-# Per key: "" (no such key), "type:<type>" (not a stream) or the stream's last-generated-id.
-_LAST_IDS = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  local t = redis.call('TYPE', key)['ok']
-  if t == 'none' then out[i] = ''
-  elseif t ~= 'stream' then out[i] = 'type:' .. t
-  else
-    local info = redis.call('XINFO', 'STREAM', key)
-    for j = 1, #info, 2 do
-      if info[j] == 'last-generated-id' then out[i] = info[j + 1] end
-    end
-  end
-end
-return out
-"""
-
-
-# Live micro-batches (see RedisStreamDestination._xadd_live). ARGV[1]: MAXLEN ("" for none), then per
-# entry 4 values: KEYS index, entry id (<ms>-0, or * for a generated one), the message id, the payload.
-# Returns {published with explicit ids, refused as already there, published with generated ids}.
-_LIVE_XADD = """
-for _, key in ipairs(KEYS) do
-  local t = redis.call('TYPE', key)['ok']
-  if t ~= 'none' and t ~= 'stream' then return redis.error_reply('DPWRONGTYPE ' .. key .. ' ' .. t) end
-end
-local maxlen = ARGV[1]
-local published, refused, generated = 0, 0, 0
-for i = 2, #ARGV, 4 do
-  local key, eid = KEYS[tonumber(ARGV[i])], ARGV[i + 1]
-  local res
-  if maxlen == '' then
-    res = redis.pcall('XADD', key, eid, 'id', ARGV[i + 2], 'data', ARGV[i + 3])
-  else
-    res = redis.pcall('XADD', key, 'MAXLEN', '~', maxlen, eid, 'id', ARGV[i + 2], 'data', ARGV[i + 3])
-  end
-  if type(res) == 'table' and res.err then
-    if eid ~= '*' and string.find(res.err, 'equal or smaller', 1, true) then refused = refused + 1
-    else return redis.error_reply('DPXADD ' .. res.err) end
-  elseif eid == '*' then generated = generated + 1
-  else published = published + 1 end
-end
-return {published, refused, generated}
-"""
-# What a server says when this user may not run scripts (ACL) or scripting is disabled.
-_SCRIPTING_REFUSED = re.compile(r"no permissions|NOPERM|unknown command|scripting", re.IGNORECASE)
-
-
 class RedisStreamOptions(StreamOptions):
     url: SecretStr = Field(
         SecretStr("redis://127.0.0.1:6379/0"),
@@ -291,7 +244,7 @@ class RedisStreamDestination(StreamBase):
         payloads = np.empty(len(messages), dtype=object)
         payloads[:] = messages.payloads
         payloads = payloads[pick]
-        script = r.register_script(_LIVE_XADD)
+        script = r.register_script(LIVE_XADD)
         published = refused = generated = n_batches = 0
         for chunk in batches(np.arange(len(pick)), batch_size):
             used = np.unique(target[chunk])  # the keys this chunk touches, declared to the script
@@ -309,7 +262,7 @@ class RedisStreamDestination(StreamBase):
                                        "`stream`/`updates_stream`") from None  # fmt: skip
                 if "DPXADD" in text:
                     raise StreamPublishError(f"redis_stream: XADD failed: {text.split('DPXADD ', 1)[1]}") from None
-                refused_here = isinstance(e, redis.exceptions.NoPermissionError) or _SCRIPTING_REFUSED.search(text)
+                refused_here = isinstance(e, redis.exceptions.NoPermissionError) or SCRIPTING_REFUSED.search(text)
                 if n_batches == 0 and refused_here:
                     self._scripting = False
                     return None  # nothing written yet: the pipeline path does it without scripting
@@ -355,7 +308,7 @@ class RedisStreamDestination(StreamBase):
         only that id per stream: XINFO's whole reply (first and last entry included) parsed by redis-py
         cost ~0.15 ms per stream, most of a live micro-batch's time at 200 symbols."""
         out = []
-        script = r.register_script(_LAST_IDS)  # EVALSHA: the script's text is sent once per server
+        script = r.register_script(LAST_IDS)  # EVALSHA: the script's text is sent once per server
         try:
             lasts = script(keys=streams)
         except redis.ResponseError:  # scripting not allowed for this user (ACL) or server: XINFO per stream
