@@ -34,7 +34,7 @@ CANONICAL_COLUMNS: list[str] = list(CANONICAL_DTYPES)
 _EMPTY: dict[tuple[str, str], pd.DataFrame] = {}
 
 
-def empty_frame(dtypes: dict[str, str], name: str) -> pd.DataFrame:
+def cached_empty(dtypes: dict[str, str], name: str) -> pd.DataFrame:
     """A zero-row frame of these dtypes, a fresh copy per call.
 
     Why cached: building one column by column costs ~0.5 ms, a copy of a built one a tenth of that, and
@@ -49,7 +49,7 @@ def empty_frame(dtypes: dict[str, str], name: str) -> pd.DataFrame:
 
 def empty_canonical() -> pd.DataFrame:
     """A zero-row canonical frame with the exact dtypes."""
-    return empty_frame(CANONICAL_DTYPES, "canonical")
+    return cached_empty(CANONICAL_DTYPES, "canonical")
 
 
 def coerce_canonical(df: pd.DataFrame, extra: bool = False) -> pd.DataFrame:

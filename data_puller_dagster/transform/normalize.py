@@ -42,7 +42,7 @@ import pyarrow as pa
 from data_puller_dagster import timeframes
 from data_puller_dagster.symbols import SYMBOL_PATTERN
 from data_puller_dagster.transform.calendars import family, on_grid
-from data_puller_dagster.transform.canonical import CANONICAL_DTYPES, empty_canonical, empty_frame
+from data_puller_dagster.transform.canonical import CANONICAL_DTYPES, cached_empty, empty_canonical
 from data_puller_dagster.transform.dedupe import deduplicate
 from data_puller_dagster.transform.raw_columns import (
     binance_interval_s,
@@ -157,7 +157,7 @@ class NormalizeResult:
 
 def empty_quarantine() -> pd.DataFrame:
     """A zero-row quarantine frame with the exact dtypes."""
-    return empty_frame(QUARANTINE_DTYPES, "quarantine")
+    return cached_empty(QUARANTINE_DTYPES, "quarantine")
 
 
 def _layout(raw: pd.DataFrame) -> str:

@@ -113,3 +113,21 @@ def test_raw_model_accepts_either_storage_and_reports_the_same_failures() -> Non
     assert got == validate_raw(broken).failures == {f"timeframe:isin({list(timeframes.TIMEFRAMES)})": len(raw)}
     wrong = raw.assign(open=raw["open"].str.len())  # integers where text belongs: judged as before
     assert validate_raw(wrong).failures == {"open:dtype('string[python]')": 1}
+
+
+@pytest.mark.parametrize("storage", ["python", "pyarrow"])
+def test_empty_results_follow_the_string_storage_and_are_fresh_copies(storage) -> None:
+    """The zero-row quarantine and conflict frames are cached per string storage (issue 18's latency):
+    each call returns its own frame with the dtypes the option gives "string" at that moment."""
+    raw = R.btcusdt_1h().head(50)
+    with pd.option_context("mode.string_storage", storage):
+        first = normalize(raw, asset_class="crypto", timeframe="1h", now=NOW)
+        assert len(first.quarantine) == len(first.conflicts) == 0
+        for frame in (first.quarantine, first.conflicts):
+            assert frame["symbol"].dtype == pd.StringDtype(storage)
+        first.quarantine["extra"] = 1  # a caller changing its result
+        first.conflicts.drop(columns=["ts"], inplace=True)
+        again = normalize(raw, asset_class="crypto", timeframe="1h", now=NOW)
+    assert "extra" not in again.quarantine.columns and "ts" in again.conflicts.columns
+    assert again.conflicts.dtypes.astype(str).to_dict() == {
+        c: str(pd.api.types.pandas_dtype(d)) if d != "string" else "string" for c, d in CANONICAL_DTYPES.items()}
