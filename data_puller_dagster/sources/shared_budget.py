@@ -15,10 +15,10 @@ How (each step one atomic Lua script, so no two processes can both take the last
   where a window starts.
 - `acquire(cost)` reserves `cost` before the request is sent (reservations count, so requests in
   flight are never forgotten); within `edge_seconds` of a window's end it reserves in the next window
-  too, since the provider counts the request where it lands (ratelimit.WindowLimits says why); `observe(headers)` raises the window's count to the provider's own
-  figure (`X-MBX-USED-WEIGHT-1M`, which also counts clients outside this deployment) - for the
-  window the request was reserved in, so a reply arriving just after a window turned does not charge
-  the new window with the old one's weight.
+  too, since the provider counts the request where it lands (ratelimit.WindowLimits says why);
+  `observe(headers)` raises the window's count to the provider's own figure (`X-MBX-USED-WEIGHT-1M`,
+  which also counts clients outside this deployment) - for the window the request was reserved in, so
+  a reply arriving just after a window turned does not charge the new window with the old one's weight.
 - a store that cannot be reached fails the request as retryable (TransientSourceError): sending
   without knowing what the other workers spent is how an IP gets banned.
 

@@ -7,6 +7,8 @@ included, so Parquet files of different days always have one schema.
 
 from __future__ import annotations
 
+import functools
+
 import pandas as pd
 
 SCHEMA_VERSION = 1
@@ -41,10 +43,26 @@ def cached_empty(dtypes: dict[str, str], name: str) -> pd.DataFrame:
     the live stream's normalize() asks for two per micro-batch. Keyed by pandas' string storage too, since
     "string" means another dtype when that option changes.
     """
-    key = (name, str(pd.get_option("mode.string_storage")))
+    key = (name, _string_storage())
     if (frame := _EMPTY.get(key)) is None:
         frame = _EMPTY[key] = pd.DataFrame({c: pd.Series(dtype=d) for c, d in dtypes.items()})
     return frame.copy(deep=True)
+
+
+def canonical_dtype_objects() -> list[object]:
+    """CANONICAL_DTYPES as dtype objects, in column order ("string" resolved with the current storage):
+    compared with a frame's `dtypes` to skip a cast that would change nothing."""
+    return _resolved(_string_storage())
+
+
+def _string_storage() -> str:
+    """What pandas' "string" dtype means right now (the key of both caches here)."""
+    return str(pd.get_option("mode.string_storage"))
+
+
+@functools.cache
+def _resolved(string_storage: str) -> list[object]:
+    return [pd.api.types.pandas_dtype(d) for d in CANONICAL_DTYPES.values()]
 
 
 def empty_canonical() -> pd.DataFrame:

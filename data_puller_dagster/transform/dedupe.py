@@ -7,28 +7,22 @@ conflict (returned for audit). One lexsort, no loop over rows.
 
 from __future__ import annotations
 
-import functools
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from data_puller_dagster.transform.canonical import CANONICAL_COLUMNS, CANONICAL_DTYPES, empty_canonical
+from data_puller_dagster.transform.canonical import (
+    CANONICAL_COLUMNS,
+    CANONICAL_DTYPES,
+    canonical_dtype_objects,
+    empty_canonical,
+)
 
 if TYPE_CHECKING:
     from data_puller_dagster.transform.normalize import NormalizeReport
 
 VALUE_COLUMNS = ["open", "high", "low", "close", "volume", "trades", "quote_volume", "source", "is_final"]
-
-
-def _canonical_dtypes() -> list[object]:
-    """CANONICAL_DTYPES as dtype objects, in column order ("string" resolved with the current storage)."""
-    return _resolved_dtypes(str(pd.get_option("mode.string_storage")))
-
-
-@functools.cache
-def _resolved_dtypes(string_storage: str) -> list[object]:
-    return [pd.api.types.pandas_dtype(d) for d in CANONICAL_DTYPES.values()]
 
 
 def deduplicate(
@@ -54,7 +48,7 @@ def deduplicate(
     last_of_key[:-1] = (sym_s[1:] != sym_s[:-1]) | (ts_s[1:] != ts_s[:-1])
     if last_of_key.all():
         cols = g if list(g.columns) == CANONICAL_COLUMNS else g[CANONICAL_COLUMNS]
-        if list(cols.dtypes) != _canonical_dtypes():  # usually they match: astype would cost ~0.5 ms for nothing
+        if list(cols.dtypes) != canonical_dtype_objects():  # usually they match: astype would cost ~0.5 ms for nothing
             cols = cols.astype(CANONICAL_DTYPES, copy=False)
         return cols, empty_canonical()
 

@@ -134,6 +134,13 @@ class RedisStreamDestination(StreamBase):
     def stream_name(self, table: TableRef, key: str) -> str:
         return render_name(self.options.stream, name_values(table, key), "stream name", STREAM_NAME)
 
+    def updates_stream_name(self, table: TableRef, key: str) -> str:
+        """The `updates_stream` of a symbol (called only when the option is set)."""
+        template = self.options.updates_stream
+        if template is None:
+            raise ValueError("redis_stream: updates_stream is not set; set it to publish in-progress updates")
+        return render_name(template, name_values(table, key), "updates_stream name", STREAM_NAME)
+
     def _send(self, table: TableRef, messages: Messages, batch_size: int) -> dict[str, Any]:
         streams = [self.stream_name(table, key) for key, _, _, _ in messages.runs]
         md: dict[str, Any] = {"location": f"{self._shown} {self.options.stream}", "streams": streams}
@@ -229,9 +236,7 @@ class RedisStreamDestination(StreamBase):
         ids = [np.char.add(messages.ts_ms[rows].astype(str), "-0")]
         picks = [rows]
         if template is not None:  # every row -> `updates_stream`, generated ids
-            names = [render_name(template, name_values(table, key), "updates_stream name", STREAM_NAME)
-                     for key, _, _, _ in messages.runs]  # fmt: skip
-            keys += names
+            keys += [self.updates_stream_name(table, key) for key, _, _, _ in messages.runs]
             every = np.arange(len(messages))
             targets.append(stream_of + len(streams))
             ids.append(np.full(len(messages), "*", dtype=object))
@@ -287,8 +292,7 @@ class RedisStreamDestination(StreamBase):
         template = self.options.updates_stream
         if template is None:
             return {"skipped_in_progress": int(in_progress.sum())}
-        names = {key: render_name(template, name_values(table, key), "updates_stream name", STREAM_NAME)
-                 for key, _, _, _ in messages.runs}  # fmt: skip
+        names = {key: self.updates_stream_name(table, key) for key, _, _, _ in messages.runs}
         for rows in batches(range(len(messages)), batch_size):
             pipe = r.pipeline(transaction=True)
             for i in rows:
